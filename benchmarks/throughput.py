@@ -1,0 +1,143 @@
+"""Steady-state throughput and memory of one method on one teacher→student pair.
+
+Measures, for each precision variant (fp32, bf16, and optionally torch.compile'd):
+
+* student images/s over KD steps (sample + teacher forward + student forward/backward/step);
+* synthesis iterations/s (``synthesize()`` calls × g_steps);
+* peak GPU memory (CUDA only);
+
+and projects the wall time of the launcher's full schedule (METHODS.md §8):
+``epochs × (rounds × seconds per synthesize() + ep_steps × seconds per KD step)`` (+ evaluation,
+not included). The teacher has random weights: speed does not depend on them.
+
+    python benchmarks/throughput.py --method cudfkd --teacher resnet34 --student resnet18 \\
+        --batch_size 256 --device cuda --variants fp32,bf16,compile
+
+Prints a Markdown table; ``--out FILE`` also appends it to FILE and writes FILE.json beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import datafree_kd  # noqa: E402
+import registry  # noqa: E402
+from datafree import distributed, engine  # noqa: E402
+from datafree.hooks import freeze  # noqa: E402
+
+VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("bf16", True),
+            "fp32_compile": ("fp32", True)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(method: str, dataset: str, teacher_name: str, student_name: str, device: torch.device,
+            variant: str, kd_steps: int, synthesis_calls: int, warmup: int, extra: list[str]) -> dict:
+    """Time ``synthesis_calls`` synthesize() calls and ``kd_steps`` KD steps after ``warmup`` of each."""
+    precision, compile_student = VARIANTS[variant]
+    argv = ["--method", method, "--dataset", dataset, "--teacher", teacher_name, "--student", student_name,
+            "--precision", precision, *(["--compile"] if compile_student else []), *extra]
+    options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(argv))
+    autocast_dtype = engine.resolve_precision(precision, device)
+    channels_last = device.type == "cuda"
+    engine.seed_everything(0)
+    teacher = registry.get_model(teacher_name, options["num_classes"]).to(device)
+    teacher = engine.to_memory_format(freeze(teacher), channels_last)
+    parts = datafree_kd.build_training(options, teacher, distributed.DistributedContext(), device,
+                                       autocast_dtype, channels_last)
+    synthesizer = parts.synthesizer
+    synthesizer.begin_epoch(options["epochs"] // 2)  # mid-run: adversarial terms switched on
+    parts.student.train()
+
+    def kd_step(step: int) -> None:
+        datafree_kd.student_step(synthesizer, teacher, parts.trained_student, parts.optimizer, parts.scaler,
+                                 autocast_dtype, step)
+
+    for _ in range(warmup):
+        synthesizer.synthesize()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(synthesis_calls):
+        synthesizer.synthesize()
+    synchronize(device)
+    synthesis_seconds = (time.perf_counter() - start) / synthesis_calls
+
+    for step in range(warmup):
+        kd_step(step)
+    synchronize(device)
+    start = time.perf_counter()
+    for step in range(kd_steps):
+        kd_step(warmup + step)
+    synchronize(device)
+    kd_seconds = (time.perf_counter() - start) / kd_steps
+
+    rounds = options["ep_steps"] // options["kd_steps"]
+    epoch_seconds = rounds * synthesis_seconds + rounds * options["kd_steps"] * kd_seconds
+    return {"method": method, "dataset": dataset, "pair": f"{teacher_name}→{student_name}", "variant": variant,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "batch_size": options["batch_size"], "synthesis_batch_size": options["synthesis_batch_size"],
+            "student_images_per_second": options["batch_size"] / kd_seconds,
+            "synthesis_iterations_per_second": options["g_steps"] / synthesis_seconds,
+            "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
+            "epoch_seconds": epoch_seconds, "epochs": options["epochs"],
+            "projected_hours": epoch_seconds * options["epochs"] / 3600}
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ("| method | pair | variant | B | student img/s | synth it/s | peak mem (GB) | s/epoch | "
+              "projected full run (h) | device |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [f"| {r['method']} | {r['pair']} | {r['variant']} | {r['batch_size']} | "
+             f"{r['student_images_per_second']:.0f} | {r['synthesis_iterations_per_second']:.2f} | "
+             f"{'-' if r['peak_memory_gb'] is None else format(r['peak_memory_gb'], '.2f')} | "
+             f"{r['epoch_seconds']:.1f} | {r['projected_hours']:.2f} ({r['epochs']} ep) | {r['device']} |"
+             for r in rows]
+    return header + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="cudfkd", help="comma-separated methods")
+    parser.add_argument("--pairs", default="wrn40_2:wrn16_1", help="comma-separated teacher:student pairs")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--variants", default="fp32,bf16", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--kd_steps_measured", type=int, default=20)
+    parser.add_argument("--synthesis_calls", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=None, help="append the table to this Markdown file (+ .json)")
+    args, extra = parser.parse_known_args(argv)
+    device = engine.resolve_device(args.device)
+    rows = []
+    for method in args.methods.split(","):
+        for pair in args.pairs.split(","):
+            teacher_name, student_name = pair.split(":")
+            for variant in args.variants.split(","):
+                row = measure(method, args.dataset, teacher_name, student_name, device, variant,
+                              args.kd_steps_measured, args.synthesis_calls, args.warmup, extra)
+                rows.append(row)
+                print(markdown([row]).splitlines()[-1], flush=True)
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as file:
+            file.write(f"\n`{' '.join(sys.argv)}`\n\n{table}")
+        Path(str(out) + ".json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    engine.run_cli(main)

@@ -1,0 +1,1 @@
+"""datafree: a data-free knowledge distillation benchmark (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,345 @@
+"""CIFAR-10 / CIFAR-100 on disk and in memory (METHODS.md §2.1).
+
+* :data:`DATASETS` holds the §2.1 constants (class count, the exact mean/std the teachers were
+  trained with) and the official python-pickle layout that torchvision downloads.
+* :func:`load_split` reads one split into a uint8 tensor once; anything wrong on disk raises
+  :class:`DatasetError`, whose one-line message shows the expected layout and the fix.
+* :func:`download` fetches and verifies the official archive, only when ``--download`` asks for
+  it (§2.1 [CLEAN]: never download at run time unless a flag asks for it).
+* :class:`TensorLoader` replaces a DataLoader with workers: the whole split lives on the
+  training device and batches are sliced, augmented (:mod:`datafree.augment`) and normalised
+  there.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datafree.augment import random_crop_flip, random_permutation, to_unit_float
+from datafree.errors import UsageError
+
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "TensorLoader", "download", "load_split"]
+
+IMAGE_SHAPE = (3, 32, 32)
+IMAGE_VALUES = 3 * 32 * 32
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Constants of one dataset (§2.1) and its official on-disk layout."""
+
+    name: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    url: str
+    archive_filename: str
+    archive_md5: str
+    files_pattern: str  # the file list in brace notation, for error messages
+
+    def split_files(self, split: str) -> tuple[str, ...]:
+        """File names of ``split`` ('train' or 'test') inside :attr:`folder`."""
+        if split == "train":
+            return self.train_files
+        if split == "test":
+            return self.test_files
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def expected_layout(self, root: str | os.PathLike[str]) -> str:
+        """E.g. ``data/cifar-10-batches-py/{data_batch_1..5,test_batch}``."""
+        return f"{Path(root) / self.folder}/{self.files_pattern}"
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        name="cifar10", num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),  # §2.1: keep these exact values
+        folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{index}" for index in range(1, 6)), test_files=("test_batch",),
+        label_key="labels",
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        archive_filename="cifar-10-python.tar.gz", archive_md5="c58f30108f718f92721af3b95e74349a",
+        files_pattern="{data_batch_1..5,test_batch}"),
+    "cifar100": DatasetInfo(
+        name="cifar100", num_classes=100,
+        mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),
+        folder="cifar-100-python",
+        train_files=("train",), test_files=("test",),
+        label_key="fine_labels",
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        archive_filename="cifar-100-python.tar.gz", archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+        files_pattern="{train,test}"),
+}
+
+
+class DatasetError(UsageError):
+    """The dataset is missing or broken on disk; the message is one line and says how to fix it.
+
+    A :class:`~datafree.errors.UsageError`, so command-line entry points print it without a
+    traceback.
+    """
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _dataset_error(info: DatasetInfo, root: str | os.PathLike[str], problem: str) -> DatasetError:
+    """A DatasetError naming the dataset, the problem, the expected layout and the fix."""
+    return DatasetError(_one_line(
+        f"{info.name}: {problem}; expected layout {info.expected_layout(root)}; pass --download to fetch it, "
+        f"or point --data_root at a torchvision-style root that holds {info.folder}/"))
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` called ``dataset``; DatasetError listing the valid names otherwise."""
+    if dataset not in DATASETS:
+        raise DatasetError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+# ----------------------------------------------------------------------------- reading
+def _normalise_keys(content: Mapping[Any, Any]) -> dict[str, Any]:
+    """Pickle dict with ``str`` or ``bytes`` keys -> dict with ``str`` keys."""
+    return {(key.decode("latin1") if isinstance(key, bytes) else str(key)): value for key, value in content.items()}
+
+
+def _read_batch_file(info: DatasetInfo, root: Path, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official pickle file -> (data uint8 (N, 3072), labels int64 (N,)), validated."""
+    if not path.is_file():
+        raise _dataset_error(info, root, f"file {path} is missing")
+    try:
+        with open(path, "rb") as handle:
+            # latin1 decodes Python-2 strings of the official files; numpy arrays survive it.
+            content = pickle.load(handle, encoding="latin1")
+    except Exception as error:  # truncated or foreign files raise many different exceptions
+        raise _dataset_error(info, root, f"file {path} is truncated or not a CIFAR pickle "
+                                         f"({type(error).__name__}: {error})") from error
+    if not isinstance(content, Mapping):
+        raise _dataset_error(info, root, f"file {path} holds a {type(content).__name__}, not a dict")
+    content = _normalise_keys(content)
+    missing = [key for key in ("data", info.label_key) if key not in content]
+    if missing:
+        raise _dataset_error(info, root, f"file {path} lacks the key(s) {', '.join(missing)} "
+                                         f"(has {', '.join(sorted(content)) or 'none'})")
+    try:
+        data = np.asarray(content["data"])
+        labels = np.asarray(content[info.label_key])
+    except Exception as error:
+        raise _dataset_error(info, root, f"file {path} holds unreadable data or labels ({error})") from error
+    if data.ndim != 2 or data.shape[1] != IMAGE_VALUES:
+        raise _dataset_error(info, root, f"file {path}: data has shape {data.shape}, expected (N, {IMAGE_VALUES})")
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer) or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise _dataset_error(info, root, f"file {path}: data has dtype {data.dtype}, expected uint8")
+        data = data.astype(np.uint8)
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise _dataset_error(info, root, f"file {path}: {labels.shape} labels of type {labels.dtype} "
+                                         f"for {data.shape[0]} images, expected one integer label per image")
+    labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+        raise _dataset_error(info, root, f"file {path}: labels span [{labels.min()}, {labels.max()}], "
+                                         f"outside [0, {info.num_classes})")
+    return data, labels
+
+
+def load_split(root: str | os.PathLike[str], dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split of the official python-pickle files (§2.1).
+
+    Returns ``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` on the CPU. ``data`` rows are
+    the 3072 values of one image in channel planes (1024 red, 1024 green, 1024 blue, row-major).
+    Raises :class:`DatasetError` for an unknown dataset or anything wrong on disk, and
+    ``ValueError`` for a split other than 'train' / 'test'.
+    """
+    info = dataset_info(dataset)
+    files = info.split_files(split)
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise _dataset_error(info, root_path, f"data root {root_path} does not exist")
+    folder = root_path / info.folder
+    if not folder.is_dir():
+        raise _dataset_error(info, root_path, f"folder {folder} does not exist")
+    parts = [_read_batch_file(info, root_path, folder / name) for name in files]
+    data = np.concatenate([part[0] for part in parts])
+    labels = np.concatenate([part[1] for part in parts])
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, *IMAGE_SHAPE)
+    return images, torch.from_numpy(labels)
+
+
+# ----------------------------------------------------------------------------- downloading
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(DOWNLOAD_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(info: DatasetInfo, root: Path, url: str, progress: bool) -> str:
+    """Stream ``url`` into ``root/<archive>`` through a temporary file; returns its MD5."""
+    archive = root / info.archive_filename
+    handle, temporary_name = tempfile.mkstemp(prefix=archive.name + ".", suffix=".part", dir=root)
+    temporary = Path(temporary_name)
+    digest = hashlib.md5()
+    try:
+        with os.fdopen(handle, "wb") as output, urllib.request.urlopen(url) as response:
+            length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+            with tqdm(total=int(length) if length else None, unit="B", unit_scale=True,
+                      desc=info.archive_filename, disable=not progress) as bar:
+                for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
+                    output.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        md5 = digest.hexdigest()
+        if md5 != info.archive_md5:
+            raise _dataset_error(info, root, f"downloaded {url} has MD5 {md5}, expected {info.archive_md5} "
+                                             f"(corrupt or wrong file)")
+        os.replace(temporary, archive)
+        return md5
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise _dataset_error(info, root, f"could not download {url} ({type(error).__name__}: {error})") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _safe_extract(info: DatasetInfo, root: Path, archive: Path) -> None:
+    """Extract ``archive`` into ``root``, refusing members that would land outside it or are links."""
+    destination = root.resolve()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                target = (destination / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or os.path.isabs(member.name) \
+                        or not target.is_relative_to(destination):
+                    raise _dataset_error(info, root, f"archive {archive} holds an unsafe member {member.name!r}")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(destination, members=members, filter="data")
+            else:  # pragma: no cover - Python < 3.11.4; members were checked above
+                tar.extractall(destination, members=members)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise _dataset_error(info, root, f"could not extract {archive} ({type(error).__name__}: {error})") from error
+
+
+def download(root: str | os.PathLike[str], dataset: str, progress: bool = True, url: str | None = None) -> Path:
+    """Fetch, verify (MD5) and extract the official archive into ``root`` (torchvision layout).
+
+    Does nothing when every file of the layout is already there. Reuses an archive already in
+    ``root`` whose MD5 matches; otherwise downloads it (urllib, tqdm bar) to a temporary file
+    that is renamed only after the MD5 check. ``url`` overrides the official address (a mirror).
+    Extraction refuses path traversal and links. Returns ``root/<folder>``.
+    """
+    info = dataset_info(dataset)
+    root_path = Path(root)
+    folder = root_path / info.folder
+    if all((folder / name).is_file() for name in (*info.train_files, *info.test_files)):
+        return folder
+    root_path.mkdir(parents=True, exist_ok=True)
+    archive = root_path / info.archive_filename
+    if archive.is_file() and _file_md5(archive) == info.archive_md5:
+        print(f"{archive} already downloaded and verified", file=sys.stderr)
+    else:
+        source = url or info.url
+        print(f"downloading {source} -> {archive}", file=sys.stderr)
+        _fetch(info, root_path, source, progress)
+    _safe_extract(info, root_path, archive)
+    missing = [name for name in (*info.train_files, *info.test_files) if not (folder / name).is_file()]
+    if missing:
+        raise _dataset_error(info, root_path, f"archive {archive} did not contain {', '.join(missing)}")
+    return folder
+
+
+# ----------------------------------------------------------------------------- batching
+class TensorLoader:
+    """Batches of a split that already lives on a device, augmented and normalised there (§2.1).
+
+    Iterating yields ``(images float (B, 3, H, W) normalised, labels (B,))``. Each ``iter()`` is
+    one pass: a fresh order drawn with ``generator`` when ``shuffle``, else the stored order;
+    with ``augment`` the train transform (random crop with ``padding`` zero pixels + horizontal
+    flip, per sample, from :mod:`datafree.augment`) runs on the uint8 batch before conversion
+    to [0, 1] and normalisation with ``mean`` / ``std`` (none when they are None).
+
+    The loader keeps no state between passes (the caller owns ``generator``), so
+    :meth:`state_dict` is empty; it exists so the loader can sit beside stateful objects.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 augment: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 device: torch.device | str | None = None, generator: torch.Generator | None = None,
+                 drop_last: bool = False, channels_last: bool = False, padding: int = 4) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"TensorLoader expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape[:1] != images.shape[:1]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std, or neither")
+        target = torch.device(device) if device is not None else images.device
+        self.images = images.to(target)
+        self.labels = labels.to(target)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.generator = generator
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.padding = padding
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32, device=target).view(1, -1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32, device=target).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        count = self.images.shape[0]
+        if self.drop_last:
+            return count // self.batch_size
+        return (count + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.images.device
+        order = random_permutation(self.images.shape[0], device, self.generator) if self.shuffle else None
+        for batch in range(len(self)):
+            start, stop = batch * self.batch_size, (batch + 1) * self.batch_size
+            if order is None:
+                images, labels = self.images[start:stop], self.labels[start:stop]
+            else:
+                indices = order[start:stop]
+                images, labels = self.images.index_select(0, indices), self.labels.index_select(0, indices)
+            yield self.prepare(images), labels
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> (augmented) float batch in [0, 1] -> normalised, in the chosen memory format."""
+        if self.augment:
+            images = random_crop_flip(images, padding=self.padding, generator=self.generator)
+        output = to_unit_float(images)
+        if self.mean is not None:
+            output = (output - self.mean) / self.std
+        if self.channels_last:
+            output = output.contiguous(memory_format=torch.channels_last)
+        return output
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save: the order and augmentation come from the caller's generator."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Accepts the (empty) dict from :meth:`state_dict`."""
+        if state:
+            raise ValueError(f"TensorLoader has no state, got keys {sorted(state)}")

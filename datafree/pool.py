@@ -1,0 +1,258 @@
+"""Synthetic image pool (METHODS.md §3.5) and CMI feature memory bank (§4.5, §7 item 11).
+
+:class:`ImagePool` replaces the references' folder of 8-bit PNGs that is re-scanned into a new
+DataLoader after every synthesis (§7 item 1): images are quantised exactly as the PNG round
+trip would (clamp to [0, 1], ×255, truncate) and kept in one uint8 tensor, on the GPU if
+wanted; batches are drawn like a cycling, shuffled DataLoader over the whole pool.
+
+:class:`MemoryBank` is CMI's ring buffer of instance features, without the reference's
+``capacity % batch == 0`` assertion and without its empty sample at exactly full capacity.
+
+Both classes hold all of their state in tensors and integers exposed through
+``state_dict`` / ``load_state_dict``, so a resumed run draws exactly the same batches.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from datafree.augment import random_integers, random_permutation
+
+__all__ = ["ImagePool", "MemoryBank", "quantize_images"]
+
+
+def quantize_images(images: torch.Tensor) -> torch.Tensor:
+    """Float images -> uint8 exactly as the [REF] PNG writer: clamp to [0, 1], ×255, truncate (§3.5)."""
+    return (images.detach().float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+
+
+class ImagePool:
+    """Growing (or, with ``max_size``, ring-bounded) uint8 pool of synthetic images (§3.5).
+
+    ``add`` appends a batch of float images in [0, 1]; storage grows by amortised doubling.
+    ``sample`` walks a random permutation of the whole current pool with a cursor, like a
+    shuffled DataLoader that cycles: every image is drawn once per pass, a new permutation
+    starts when the pass is exhausted or when images were added since it started (the
+    references rebuild their loader after every synthesis), and a batch is never short — its
+    remainder comes from the next permutation. A pool smaller than the batch is sampled with
+    replacement.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", max_size: int | None = None) -> None:
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be positive or None, got {max_size}")
+        self.device = torch.device(device)
+        self.max_size = max_size
+        self._storage: torch.Tensor | None = None       # (capacity, C, H, W) uint8
+        self._size = 0                                   # valid images in storage
+        self._write_position = 0                         # next slot once a bounded pool is full
+        self._total_added = 0                            # images ever added (content version)
+        self._permutation: torch.Tensor | None = None
+        self._permutation_version = -1                   # _total_added when the permutation was drawn
+        self._cursor = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def total_added(self) -> int:
+        """Images ever added, including those a bounded pool has overwritten."""
+        return self._total_added
+
+    @property
+    def capacity(self) -> int:
+        """Allocated image slots (grows by doubling; never above ``max_size``)."""
+        return 0 if self._storage is None else self._storage.shape[0]
+
+    @property
+    def images(self) -> torch.Tensor:
+        """View of the stored uint8 images ``(len, C, H, W)`` (order = storage order)."""
+        if self._storage is None:
+            return torch.empty((0, 3, 0, 0), dtype=torch.uint8, device=self.device)
+        return self._storage[:self._size]
+
+    # ------------------------------------------------------------------ adding
+    def _ensure_capacity(self, needed: int, image_shape: tuple[int, ...]) -> None:
+        """Make room for ``needed`` images, doubling the storage (capped at ``max_size``)."""
+        if self._storage is None:
+            capacity = needed if self.max_size is None else min(needed, self.max_size)
+            self._storage = torch.empty((capacity, *image_shape), dtype=torch.uint8, device=self.device)
+            return
+        if self._storage.shape[1:] != image_shape:
+            raise ValueError(f"pool holds images of shape {tuple(self._storage.shape[1:])}, got {image_shape}")
+        capacity = self._storage.shape[0]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        if self.max_size is not None:
+            new_capacity = min(new_capacity, self.max_size)
+        if new_capacity == capacity:
+            return
+        grown = torch.empty((new_capacity, *image_shape), dtype=torch.uint8, device=self.device)
+        grown[:self._size] = self._storage[:self._size]
+        self._storage = grown
+
+    def add(self, images: torch.Tensor) -> None:
+        """Quantise float images in [0, 1] ``(N, C, H, W)`` and store them (§3.5)."""
+        if images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"ImagePool.add expects float images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        count = images.shape[0]
+        if count == 0:
+            return
+        quantized = quantize_images(images).to(self.device)
+        if self.max_size is not None and count > self.max_size:
+            quantized = quantized[-self.max_size:]   # only the newest max_size survive a ring
+        limit = self.max_size
+        appended = quantized.shape[0] if limit is None else min(quantized.shape[0], limit - self._size)
+        self._ensure_capacity(self._size + appended, tuple(quantized.shape[1:]))
+        assert self._storage is not None
+        self._storage[self._size:self._size + appended] = quantized[:appended]
+        self._size += appended
+        overwriting = quantized[appended:]
+        if overwriting.shape[0] > 0 and limit is not None:  # full ring: replace the oldest images
+            slots = (self._write_position + torch.arange(overwriting.shape[0], device=self.device)) % limit
+            self._storage.index_copy_(0, slots, overwriting)
+            self._write_position = (self._write_position + overwriting.shape[0]) % limit
+        self._total_added += count
+
+    # ------------------------------------------------------------------ sampling
+    def _new_permutation(self, generator: torch.Generator | None) -> torch.Tensor:
+        """Start a new pass: a fresh permutation of the current pool, cursor at its start."""
+        self._permutation = random_permutation(self._size, self.device, generator)
+        self._permutation_version = self._total_added
+        self._cursor = 0
+        return self._permutation
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``batch_size`` uint8 images ``(B, C, H, W)``, shuffled passes over the whole pool (§3.5)."""
+        if self._size == 0 or self._storage is None:
+            raise RuntimeError("cannot sample from an empty ImagePool; add images first")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self._size < batch_size:
+            indices = random_integers(0, self._size, (batch_size,), self.device, generator)
+            return self._storage.index_select(0, indices)
+        permutation = self._permutation
+        if permutation is None or self._permutation_version != self._total_added or self._cursor >= self._size:
+            permutation = self._new_permutation(generator)
+        taken = permutation[self._cursor:self._cursor + batch_size]
+        self._cursor += taken.shape[0]
+        if taken.shape[0] < batch_size:
+            remainder = batch_size - taken.shape[0]
+            permutation = self._new_permutation(generator)
+            taken = torch.cat([taken, permutation[:remainder]])
+            self._cursor = remainder
+        return self._storage.index_select(0, taken)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue with identical samples (tensors on the CPU)."""
+        return {
+            "images": self.images.cpu().clone(),
+            "max_size": self.max_size,
+            "write_position": self._write_position,
+            "total_added": self._total_added,
+            "permutation": None if self._permutation is None else self._permutation.cpu().clone(),
+            "permutation_version": self._permutation_version,
+            "cursor": self._cursor,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, onto this pool's device."""
+        images = state["images"].to(self.device)
+        self.max_size = state["max_size"]
+        self._storage = images.clone() if images.shape[0] > 0 else None
+        self._size = images.shape[0]
+        self._write_position = int(state["write_position"])
+        self._total_added = int(state["total_added"])
+        permutation = state["permutation"]
+        self._permutation = None if permutation is None else permutation.to(self.device)
+        self._permutation_version = int(state["permutation_version"])
+        self._cursor = int(state["cursor"])
+
+    def export_png(self, directory: str | Path) -> int:
+        """Write every image as ``<directory>/<index:06d>.png`` for inspection only; returns the count.
+
+        File names are built explicitly (§7 item 2). Needs Pillow; without it, warns and writes nothing.
+        """
+        try:
+            from PIL import Image
+        except ImportError:
+            warnings.warn("Pillow is not installed; ImagePool.export_png wrote nothing")
+            return 0
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = self.images.permute(0, 2, 3, 1).cpu().numpy()
+        for index, image in enumerate(pixels):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(folder / f"{index:06d}.png")
+        return len(pixels)
+
+
+class MemoryBank:
+    """CMI's ring buffer of instance features ``capacity × dim`` on a device (§4.5, §7 item 11).
+
+    ``add`` writes rows at the pointer and wraps around (any batch size; a batch that crosses
+    the end continues at row 0). ``get(k)`` returns ``k`` distinct rows drawn uniformly from
+    the whole buffer once ``capacity`` rows were ever written, else ``min(k, filled)`` distinct
+    rows from the filled part; it is empty only when nothing was ever written.
+    """
+
+    def __init__(self, capacity: int, dim: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if capacity < 1 or dim < 1:
+            raise ValueError(f"capacity and dim must be positive, got {capacity} and {dim}")
+        self.capacity = capacity
+        self.dim = dim
+        self.device = torch.device(device)
+        self.features = torch.zeros((capacity, dim), dtype=dtype, device=self.device)
+        self.pointer = 0            # next row to write
+        self.total_written = 0      # rows ever written
+
+    def __len__(self) -> int:
+        """Filled rows."""
+        return min(self.total_written, self.capacity)
+
+    def add(self, features: torch.Tensor) -> None:
+        """Write ``features (N, dim)`` (detached) at the pointer, wrapping around the end."""
+        if features.dim() != 2 or features.shape[1] != self.dim:
+            raise ValueError(f"MemoryBank.add expects (N, {self.dim}) features, got {tuple(features.shape)}")
+        count = features.shape[0]
+        if count == 0:
+            return
+        rows = features.detach().to(device=self.device, dtype=self.features.dtype)
+        skipped = max(0, count - self.capacity)       # rows that a later row of this batch overwrites
+        rows = rows[skipped:]
+        start = (self.pointer + skipped) % self.capacity
+        slots = (start + torch.arange(rows.shape[0], device=self.device)) % self.capacity
+        self.features.index_copy_(0, slots, rows)
+        self.pointer = (self.pointer + count) % self.capacity
+        self.total_written += count
+
+    def get(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``min(k, len(self))`` distinct rows, uniformly at random; ``(0, dim)`` if nothing was written."""
+        if k < 0:
+            raise ValueError(f"k must be non-negative, got {k}")
+        filled = len(self)
+        count = min(k, filled)
+        if count == 0:
+            return self.features[:0]
+        indices = random_permutation(filled, self.device, generator)[:count]
+        return self.features.index_select(0, indices)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Filled rows (CPU), pointer and counters."""
+        return {"capacity": self.capacity, "dim": self.dim, "features": self.features[:len(self)].cpu().clone(),
+                "pointer": self.pointer, "total_written": self.total_written}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a bank with the same capacity and dim."""
+        if state["capacity"] != self.capacity or state["dim"] != self.dim:
+            raise ValueError(f"bank state is {state['capacity']}×{state['dim']}, this bank is {self.capacity}×{self.dim}")
+        features = state["features"]
+        self.features.zero_()
+        self.features[:features.shape[0]] = features.to(device=self.device, dtype=self.features.dtype)
+        self.pointer = int(state["pointer"])
+        self.total_written = int(state["total_written"])

@@ -1,0 +1,125 @@
+"""ADI — Adaptive DeepInversion: pixel-space inversion into a growing pool (METHODS.md §4.4).
+
+No generator: every ``synthesize()`` optimises a fresh batch of **pixels** in normalised space
+(``x ~ N(0, I)``) with a fresh Adam for ``g_steps`` (1000) iterations on
+
+    L = bn·L_bn + oh·CE(t, y) + adv·(−JS_ref,3(s, t)) + tv·TV(x) + l2·‖x‖₂
+
+where ``t`` / ``s`` are teacher / student (eval) logits of a jittered and flipped copy of ``x``
+(one circular shift and one flip for the whole batch), ``y`` are sorted random target labels,
+``L_bn`` the BN-statistics loss of that teacher pass (§3.2) and ``TV`` the four-direction
+total-variation prior of the un-augmented ``x`` (§3.1). After each Adam step ``x`` is clipped
+so that ``denormalize(x)`` stays in [0, 1] (§1.8). The lowest-loss batch is de-normalised and
+appended to the pool (§3.5); the student learns from the pool with KL at T = 20, ×T² (§3.1).
+
+[CLEAN] (§4.4, §7 item 10): the best batch is recorded as a **copy** (the reference holds a
+reference to the optimised tensor and so always stores the last iterate); ``--adi_keep_last``
+reproduces the reference behaviour. The best batch is tracked on the device with
+``torch.where`` (no host sync per iteration); each iteration's graph is freed by its
+``backward`` and nothing but detached tensors outlives an iteration.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from datafree.augment import jitter_flip
+from datafree.criterions import js_divergence_ref, total_variation
+from datafree.errors import UsageError
+from datafree.hooks import BatchNormStatisticsHook
+from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
+
+#: Largest jitter shift as a fraction of the image side (§4.4: ±4 px at 32 px).
+JITTER_FRACTION = 8
+
+
+class ADISynthesizer(PooledSynthesizer):
+    """Adaptive DeepInversion (§4.4): per-batch pixel optimisation, best batch to the pool."""
+
+    #: §4.7 ADI row.
+    DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 1000,
+                "lr": 0.1, "lr_g": 0.1, "beta1": 0.5, "beta2": 0.99, "T": 20.0,
+                "adv": 1.0, "bn": 10.0, "oh": 1.0, "tv": 0.001, "l2": 0.0, "js_T": 3.0,
+                "adi_keep_last": False}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        super().__init__(setup, options)
+        self.learning_rate = float(options["lr_g"])
+        self.betas = (float(options["beta1"]), float(options["beta2"]))
+        self.adv = float(options["adv"])
+        self.bn = float(options["bn"])
+        self.oh = float(options["oh"])
+        self.tv = float(options["tv"])
+        self.l2 = float(options["l2"])
+        self.js_temperature = float(options["js_T"])
+        self.keep_last = bool(options["adi_keep_last"])
+        self.max_shift = setup.image_size // JITTER_FRACTION
+        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--tv", type=float, default=None, help="ADI total-variation prior weight (0.001)")
+        group.add_argument("--l2", type=float, default=None, help="ADI pixel L2-norm prior weight (0)")
+        group.add_argument("--js_T", type=float, default=None,
+                           help="ADI temperature of the adversarial reference JS divergence (3)")
+        group.add_argument("--adi_keep_last", action="store_true", default=None,
+                           help="[REF] bug: store the final iterate instead of the lowest-loss batch (§4.4)")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        if int(options["g_steps"]) < 1:
+            raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
+        if float(options["js_T"]) <= 0:
+            raise UsageError(f"--js_T must be positive, got {options['js_T']}")
+
+    # ------------------------------------------------------------------ synthesis
+    def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """Weighted terms of L for normalised ``pixels`` (one jitter + flip draw): name -> (weight, value)."""
+        augmented = jitter_flip(pixels, max_shift=self.max_shift, generator=self.generator)
+        teacher_logits = self.teacher_forward(augmented)
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if self.bn_hook is not None:
+            terms["bn"] = (self.bn, self.bn_hook.loss)
+        if self.oh:
+            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
+        if self.adv:
+            student_logits = self.student_forward_eval(augmented)
+            terms["adv"] = (self.adv, -js_divergence_ref(student_logits, teacher_logits,
+                                                         temperature=self.js_temperature))
+        if self.tv:
+            terms["tv"] = (self.tv, total_variation(pixels))
+        if self.l2:
+            terms["l2"] = (self.l2, torch.linalg.vector_norm(pixels))
+        return terms
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """``g_steps`` Adam steps on fresh pixels; stores the best (or, with keep_last, final) batch."""
+        count, size = self.setup.synthesis_batch_size, self.setup.image_size
+        pixels = self.randn(count, 3, size, size).requires_grad_(True)
+        targets = self.random_labels(count)
+        optimizer = torch.optim.Adam([pixels], lr=self.learning_rate, betas=self.betas)
+        best_loss = torch.full((), float("inf"), device=self.device)
+        best_pixels = pixels.detach().clone()
+        logged: dict[str, torch.Tensor] = {}
+        for _ in range(self.g_steps):
+            terms = self.inversion_terms(pixels, targets)
+            loss = sum(weight * value for weight, value in terms.values())
+            if not self.keep_last:
+                best_loss, (best_pixels,) = keep_lower(loss, best_loss, (pixels,), (best_pixels,))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                pixels.copy_(self.normalizer.clamp_normalized(pixels))
+            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
+            logged["loss_synthesis"] = loss.detach()
+        if self.keep_last:
+            best_pixels = pixels.detach()   # [REF]: the final iterate, after the last step and clip
+        else:
+            logged["loss_synthesis_best"] = best_loss
+        self.store(self.normalizer.denormalize(best_pixels))
+        return logged

@@ -1,0 +1,176 @@
+"""The Synthesizer interface every data-free method implements (METHODS.md §3.4).
+
+The distillation loop in ``datafree_kd.py`` is method-agnostic. Per epoch it calls::
+
+    schedule = synthesizer.begin_epoch(epoch)          # schedule values to log (e.g. adv_weight)
+    for each round (ep_steps // kd_steps of them):
+        terms = synthesizer.synthesize()               # g_steps generator / pixel iterations
+        for each of kd_steps KD steps:
+            images = synthesizer.sample()              # one normalised batch of B images
+            teacher_logits = teacher(images)           # no grad
+            student_logits = student(images)
+            loss, terms = synthesizer.student_loss(student_logits, teacher_logits, kd_step)
+
+Everything method-specific (generator, pixel optimisation, pool, bank, curriculum weights,
+student criterion and its temperature) lives behind these calls. ``state_dict`` /
+``load_state_dict`` must capture all of it, including RNG streams, so that ``--resume``
+continues to the same result.
+
+A method is one module under ``datafree/synthesis/`` defining a subclass with
+``DEFAULTS`` (its §4.7 / §5.8 hyperparameters; the driver fills every flag left unset from
+them), optionally ``add_arguments`` for flags only it uses and ``check_options`` for
+one-line validation, plus one line in ``registry.METHODS``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+import torch.nn as nn
+
+from datafree.criterions import kl_divergence
+
+
+@dataclass
+class SynthesisSetup:
+    """What every synthesizer is built from, besides its own options.
+
+    ``teacher`` is frozen (eval, no parameter gradients, §7 item 15). ``student`` is the plain
+    module being trained (never the DDP wrapper: every rank holds the same weights, and a
+    synthesis query must not trigger gradient all-reduces); synthesizers that query it put it
+    in eval() for the query and restore its mode. ``generator`` is the synthesizer's private RNG stream (seeded
+    per rank) for latents, labels and augmentation.
+    """
+
+    teacher: nn.Module
+    student: nn.Module
+    normalizer: nn.Module
+    num_classes: int
+    dataset: str
+    teacher_name: str
+    batch_size: int
+    synthesis_batch_size: int
+    epochs: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    seed: int
+    image_size: int = 32
+    rank: int = 0
+    world_size: int = 1
+
+
+class Synthesizer:
+    """Base class: stores the setup, defines the KD criterion and the RNG stream."""
+
+    #: Method defaults (§4.7, §5.8) for every option the method reads; the driver's flags
+    #: default to None and are resolved from here.
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        self.setup = setup
+        self.teacher = setup.teacher
+        self.student = setup.student
+        self.normalizer = setup.normalizer
+        self.device = setup.device
+        self.temperature = float(options["T"])
+        self.generator = torch.Generator(device=setup.device)
+        self.generator.manual_seed(setup.seed * 1_000_003 + 7919 * setup.rank + 1)
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        """Add flags that only this class reads (default None, resolved from DEFAULTS).
+
+        Called once per class that defines it (not per registered subclass): do not call super().
+        """
+
+    @classmethod
+    def finalize_options(cls, options: dict[str, Any]) -> None:
+        """Derive options that depend on others (e.g. on the dataset), in place, after defaults."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise UsageError with a one-line message for inconsistent options."""
+
+    # ------------------------------------------------------------------ loop hooks
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Called before the first round of ``epoch``; returns schedule values to log."""
+        return {}
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """Run the method's synthesis iterations; returns detached loss terms (``loss_<name>``)."""
+        raise NotImplementedError
+
+    def sample(self) -> torch.Tensor:
+        """One normalised batch of ``batch_size`` images for a KD step."""
+        raise NotImplementedError
+
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student objective; default KL at the run's temperature, batchmean ×T² (§3.1)."""
+        loss = kl_divergence(student_logits, teacher_logits, temperature=self.temperature)
+        return loss, {}
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Multi-process runs: wrap persistent trainable modules shared across ranks with ``wrap``
+        (DistributedDataParallel). Default: nothing is shared; each rank synthesizes on its own."""
+
+    def preview_images(self) -> torch.Tensor | None:
+        """Images in [0, 1] from the latest synthesis, for the TensorBoard grid."""
+        return None
+
+    # ------------------------------------------------------------------ helpers
+    def teacher_forward(self, images: torch.Tensor, return_features: bool = False):
+        """Teacher forward under the run's autocast, logits in float32."""
+        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                            enabled=self.setup.autocast_dtype is not None):
+            output = self.teacher(self.memory_format(images), return_features=return_features)
+        if return_features:
+            return output[0].float(), output[1].float()
+        return output.float()
+
+    def student_forward_eval(self, images: torch.Tensor) -> torch.Tensor:
+        """Student logits with the student in eval() (BN running stats), as in the references.
+
+        Gradients flow to ``images`` only: the student's parameters are switched to
+        ``requires_grad=False`` for the query (the references compute and discard those
+        weight gradients, §8.1), then restored.
+        """
+        was_training = self.student.training
+        flags = [parameter.requires_grad for parameter in self.student.parameters()]
+        self.student.eval()
+        self.student.requires_grad_(False)
+        try:
+            with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                                enabled=self.setup.autocast_dtype is not None):
+                logits = self.student(self.memory_format(images)).float()
+        finally:
+            for parameter, flag in zip(self.student.parameters(), flags):
+                parameter.requires_grad_(flag)
+            self.student.train(was_training)
+        return logits
+
+    def memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        if self.setup.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise from the synthesizer's own stream."""
+        return torch.randn(*shape, device=self.device, generator=self.generator)
+
+    def random_labels(self, count: int) -> torch.Tensor:
+        """``count`` labels uniform in [0, C), sorted ascending (only for tidy image grids, §4.4)."""
+        labels = torch.randint(0, self.setup.num_classes, (count,), device=self.device, generator=self.generator)
+        return labels.sort().values
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu")
+                                 else state["generator"])

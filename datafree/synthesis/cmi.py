@@ -1,0 +1,213 @@
+"""CMI — Contrastive Model Inversion: a fresh generator per batch plus a contrastive prior (METHODS.md §4.5).
+
+One ``synthesize()`` re-initialises a G-S generator (§1.7 init, drawn from the synthesizer's
+RNG) and a learnable latent batch ``z``, and trains both with one fresh Adam for ``g_steps``
+(200) iterations on
+
+    L = cr·L_cr + bn·L_bn + oh·CE(t, y) + adv·L_adv
+
+``g = G(z)`` is seen through two differentiable views: a **global** view (random crop with
+4-px zero padding + flip) and a **local** view (random resized crop, scale [0.25, 1] + flip),
+both normalised. The teacher's pass on the global view gives ``t``, ``L_bn`` (§3.2) and the
+instance features ``hg`` (per-sample spatial means of the inputs of
+:func:`datafree.hooks.instance_feature_modules`, dim ``d``); its pass on the local view gives
+``hl``. ``L_adv`` is the masked KL at T = 1 against the student (eval), only when ``adv > 0``.
+
+Contrastive prior ``L_cr`` (:func:`datafree.criterions.contrastive_loss`): a projection head
+(Linear(d, d) → ReLU → Linear(d, head_dim) → L2-normalise) that persists for the whole run,
+with its own Adam, projects ``[hl; cl; hg; cg]``, where ``(cl, cg)`` are up to ``n_neg`` rows
+drawn from a memory bank of earlier instances. Local projections are matched against the
+**detached** global projections, so the generator and ``z`` get gradients from ``L_inv`` and
+from the local branch of the current rows only, and the cached rows only train the head.
+
+The lowest-``L`` iterate ``(g, [hl ‖ hg])`` is remembered as device copies (no host sync per
+iteration); ``g`` goes to the image pool (§3.5) and ``[hl ‖ hg]`` to the bank. The student
+learns from the pool with KL at T = 20, ×T².
+
+[CLEAN] (§4.5, §7 items 11, 27): the bank is a general ring buffer on the run's device (no
+``bank_size % Bs`` assertion, no empty draw at exactly full capacity); the two views are
+plain tensor operations (:mod:`datafree.augment`), not ``kornia``. In multi-process runs the
+head is the only module shared across ranks (:meth:`CMISynthesizer.distribute`).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.augment import random_crop_flip, random_resized_crop_flip
+from datafree.criterions import adversarial_kl_masked, contrastive_loss
+from datafree.errors import UsageError
+from datafree.hooks import BatchNormStatisticsHook, InstanceFeatureHook, instance_feature_modules
+from datafree.models import GeneratorS, reset_generator_init
+from datafree.pool import MemoryBank
+from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+
+#: Area range of the local view's random resized crop (§4.5).
+LOCAL_VIEW_SCALE = (0.25, 1.0)
+
+
+class ProjectionHead(nn.Module):
+    """CMI projection head: Linear(d, d) → ReLU → Linear(d, head_dim) → L2-normalise (§4.5)."""
+
+    def __init__(self, feature_dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(feature_dim, feature_dim)
+        self.output = nn.Linear(feature_dim, head_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.output(F.relu(self.hidden(features))), dim=1)
+
+
+class CMISynthesizer(PooledSynthesizer):
+    """Contrastive Model Inversion (§4.5): fresh G-S + latents per batch, persistent head, feature bank."""
+
+    #: §4.7 CMI row.
+    DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
+                "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
+                "adv": 0.5, "bn": 1.0, "oh": 1.0, "cr": 0.8, "cr_T": 0.2, "nz": 256,
+                "bank_size": 40960, "n_neg": 4096, "head_dim": 256}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        super().__init__(setup, options)
+        self.learning_rate = float(options["lr_g"])
+        self.betas = (float(options["beta1"]), float(options["beta2"]))
+        self.adv = float(options["adv"])
+        self.bn = float(options["bn"])
+        self.oh = float(options["oh"])
+        self.cr = float(options["cr"])
+        self.cr_temperature = float(options["cr_T"])
+        self.latent_dim = int(options["nz"])
+        self.negative_count = int(options["n_neg"])
+        self.image_generator = GeneratorS(nz=self.latent_dim, img_size=setup.image_size).to(setup.device)
+        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
+        self.feature_hook = InstanceFeatureHook(instance_feature_modules(self.teacher))
+        self.feature_dim = self.probe_feature_dim()
+        self.head = ProjectionHead(self.feature_dim, int(options["head_dim"])).to(setup.device)
+        self.trained_head: nn.Module = self.head   # DDP-wrapped by distribute()
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.learning_rate)
+        self.bank = MemoryBank(int(options["bank_size"]), 2 * self.feature_dim, device=setup.device)
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--bank_size", type=int, default=None, help="CMI memory-bank capacity in rows (40960)")
+        group.add_argument("--n_neg", type=int, default=None, help="CMI cached negatives per iteration (4096)")
+        group.add_argument("--head_dim", type=int, default=None, help="CMI projection-head output size (256)")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        if int(options["g_steps"]) < 1:
+            raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
+        if int(options["synthesis_batch_size"]) > int(options["bank_size"]):
+            raise UsageError(f"--synthesis_batch_size ({options['synthesis_batch_size']}) exceeds --bank_size "
+                             f"({options['bank_size']}): a CMI bank the synthesis batch cannot fill")
+        if int(options["n_neg"]) < 1:
+            raise UsageError(f"--n_neg must be positive, got {options['n_neg']}")
+        if int(options["head_dim"]) < 1:
+            raise UsageError(f"--head_dim must be positive, got {options['head_dim']}")
+        if float(options["cr_T"]) <= 0:
+            raise UsageError(f"--cr_T must be positive, got {options['cr_T']}")
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Share the persistent projection head across ranks (DDP averages its gradients)."""
+        self.trained_head = wrap(self.head)
+
+    @torch.no_grad()
+    def probe_feature_dim(self) -> int:
+        """``d``: the instance-feature width, read from one teacher forward of a blank image."""
+        size = self.setup.image_size
+        self.teacher_forward(torch.zeros(1, 3, size, size, device=self.device))
+        return int(self.feature_hook.features.shape[1])
+
+    # ------------------------------------------------------------------ synthesis
+    def generate(self, latents: torch.Tensor) -> torch.Tensor:
+        """Generator images in [0, 1] (float32) under the run's autocast."""
+        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                            enabled=self.setup.autocast_dtype is not None):
+            images = self.image_generator(latents)
+        return images.float()
+
+    def contrastive_term(self, local_features: torch.Tensor, global_features: torch.Tensor,
+                         cached: torch.Tensor) -> torch.Tensor:
+        """``L_cr`` of the current instances against ``cached`` bank rows ``(N', 2d)`` (§4.5).
+
+        The head projects ``[hl; cl; hg; cg]`` in one pass; :func:`contrastive_loss` detaches
+        the global half, so only ``local_features`` (and the head) receive gradients.
+        """
+        cached_local, cached_global = cached[:, :self.feature_dim], cached[:, self.feature_dim:]
+        projected = self.trained_head(torch.cat([local_features, cached_local, global_features, cached_global]))
+        local_rows = local_features.shape[0] + cached.shape[0]
+        return contrastive_loss(projected[:local_rows], projected[local_rows:],
+                                num_current=local_features.shape[0], temperature=self.cr_temperature)
+
+    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor
+                        ) -> tuple[dict[str, tuple[float, torch.Tensor]], torch.Tensor]:
+        """Weighted terms of L for generator output ``images`` (name -> (weight, value)) and ``[hl ‖ hg]``."""
+        global_view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.generator))
+        local_view = self.normalizer(random_resized_crop_flip(images, scale=LOCAL_VIEW_SCALE,
+                                                              generator=self.generator))
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        teacher_logits = self.teacher_forward(global_view)
+        if self.bn_hook is not None:
+            terms["bn"] = (self.bn, self.bn_hook.loss)            # read before the local pass overwrites it
+        global_features = self.feature_hook.features
+        if self.oh:
+            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
+        if self.adv > 0:
+            student_logits = self.student_forward_eval(global_view)
+            terms["adv"] = (self.adv, adversarial_kl_masked(student_logits, teacher_logits, temperature=1.0,
+                                                            scale_by_temperature_squared=False))
+        self.teacher_forward(local_view)
+        local_features = self.feature_hook.features
+        cached = self.bank.get(self.negative_count, generator=self.generator)
+        terms["cr"] = (self.cr, self.contrastive_term(local_features, global_features, cached))
+        return terms, torch.cat([local_features, global_features], dim=1)
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """``g_steps`` joint steps on a re-initialised generator, its latents and the head (§4.5)."""
+        count = self.setup.synthesis_batch_size
+        reset_generator_init(self.image_generator, generator=self.generator)
+        self.image_generator.train()
+        latents = self.randn(count, self.latent_dim).requires_grad_(True)
+        targets = self.random_labels(count)
+        optimizer = torch.optim.Adam([{"params": self.image_generator.parameters()}, {"params": [latents]}],
+                                     lr=self.learning_rate, betas=self.betas)
+        best_loss: torch.Tensor | None = None
+        best: tuple[torch.Tensor, ...] = ()
+        logged: dict[str, torch.Tensor] = {}
+        for _ in range(self.g_steps):
+            images = self.generate(latents)
+            terms, features = self.synthesis_terms(images, targets)
+            loss = sum(weight * value for weight, value in terms.values())
+            if best_loss is None:
+                best_loss, best = loss.detach().clone(), (images.detach().clone(), features.detach().clone())
+            else:
+                best_loss, best = keep_lower(loss, best_loss, (images, features), best)
+            optimizer.zero_grad(set_to_none=True)
+            self.head_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.head_optimizer.step()
+            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
+            logged["loss_synthesis"] = loss.detach()
+        best_images, best_features = best
+        self.store(best_images)
+        self.bank.add(best_features)
+        logged["loss_synthesis_best"] = best_loss
+        return logged
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Head, head optimizer, bank, pool and RNG; the generator is re-initialised every call."""
+        return {**super().state_dict(), "head": self.head.state_dict(),
+                "head_optimizer": self.head_optimizer.state_dict(), "bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.head.load_state_dict(state["head"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.bank.load_state_dict(state["bank"])

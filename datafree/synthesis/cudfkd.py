@@ -1,0 +1,164 @@
+"""CuDFKD — learning data-free knowledge distillation from a curriculum (METHODS.md §5).
+
+Two easy-to-hard mechanisms on top of a persistent generator (§5.1):
+
+1. **Self-paced student objective** (§5.3, §5.4). Each synthetic sample's difficulty is its
+   current distillation loss ``ℓ_i`` (L1 / L2 on logits, or KL×T²). A pace ``λ = λ_0 + α·k``
+   grows with the global KD step ``k``; the detached weights ``v_i = SPL(ℓ_i, λ)`` down-weight
+   samples much harder than the pace, and the student minimises ``(1/B) Σ v_i ℓ_i``.
+2. **Progressively harder generation** (§5.2, §5.5). The generator (G-Cu, d = 2, nz = 512,
+   §1.7 init once) minimises ``−balance·H(p̄_T) + adv_weight(epoch)·L_adv + oh·L_oh + act·L_act
+   + bn·L_bn``; ``adv_weight`` is a pure function of the epoch: warm-up at ``--adv``, a linear
+   ramp of ``--grad_adv`` per epoch between the begin and end fractions, then a plateau.
+
+[CLEAN] choices (§7): per-sample ("none"-reduction) losses (item 5); the ramp does not depend
+on the curriculum option (item 19); ``--lmda_ent`` keeps the scripts' sign (−20 maximises the
+entropy) and maps to ``balance = −lmda_ent`` (item 20); the pace growth is a flag with the
+dataset defaults 1e-4 (CIFAR-10) / 2e-5 (others) (item 18); images are always normalised and
+no ``--memory`` pool exists (§5.7). One generator step per ``kd_steps`` (10) KD steps.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from datafree import curriculum
+from datafree.criterions import (activation_loss, adversarial_js_ref, adversarial_kl_masked, batch_mean_entropy,
+                                 l1_logits, l2_logits, per_sample_kl, pseudo_label_cross_entropy)
+from datafree.errors import UsageError
+from datafree.models import CurriculumGenerator, reset_generator_init
+from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.generative import GENERATIVE_DEFAULTS, GenerativeSynthesizer
+
+#: Temperature of the adversarial KL / JS in the generator loss (§5.2: τ = 3, ×τ²).
+ADVERSARIAL_TEMPERATURE = 3.0
+
+
+class CuDFKDSynthesizer(GenerativeSynthesizer):
+    """CuDFKD: curriculum generator + self-paced student loss (§5)."""
+
+    #: §5.8 common settings with the main CIFAR-10 resnet34→resnet18 row (B 256 = the cost setting).
+    DEFAULTS = {**GENERATIVE_DEFAULTS, "batch_size": 256, "epochs": 250, "ep_steps": 400, "kd_steps": 10,
+                "g_steps": 1, "lr": 0.1, "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512,
+                "oh": 1.0, "bn": 1.0, "act": 0.0, "balance": 20.0, "adv": 0.0,
+                "depth": 2, "loss": "l1", "curr_option": "curr_log", "adv_type": "kl",
+                "grad_adv": 0.5, "begin_fraction": 0.25, "end_fraction": 0.75}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        self.depth = int(options["depth"])
+        super().__init__(setup, options)
+        self.loss_type = options["loss"]
+        self.weight_kind = curriculum.weight_kind(options["curr_option"])
+        self.adv_type = options["adv_type"]
+        self.initial_adv = float(options["adv"])
+        self.grad_adv = float(options["grad_adv"])
+        self.begin_fraction = float(options["begin_fraction"])
+        self.end_fraction = float(options["end_fraction"])
+        self.lambda_0 = float(options["lambda_0"])
+        self.pace_growth = float(options["lambda_growth"])
+        self.kd_steps_per_epoch = (int(options["ep_steps"]) // int(options["kd_steps"])) * int(options["kd_steps"])
+        self.adv = curriculum.adv_weight(0, setup.epochs, self.initial_adv, self.grad_adv,
+                                         self.begin_fraction, self.end_fraction)
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--loss", choices=["l1", "l2", "kl"], default=None,
+                           help="per-sample student loss ℓ_i (§5.3; default l1)")
+        group.add_argument("--curr_option", choices=list(curriculum.CURRICULUM_OPTIONS), default=None,
+                           help="self-paced weight function (default curr_log); none = plain batch loss")
+        group.add_argument("--lambda_0", type=float, default=None,
+                           help="initial pace λ_0 (default 2.0 on cifar10, 1.0 otherwise, §5.8)")
+        group.add_argument("--lambda_growth", type=float, default=None,
+                           help="pace growth α per KD step (default 1e-4 cifar10, 2e-5 otherwise, §5.4)")
+        group.add_argument("--lambda_end", type=float, default=None,
+                           help="derive α so that λ reaches this value at the last KD step")
+        group.add_argument("--begin_fraction", type=float, default=None, help="adversarial ramp start (×epochs)")
+        group.add_argument("--end_fraction", type=float, default=None, help="adversarial ramp end (×epochs)")
+        group.add_argument("--grad_adv", type=float, default=None, help="adversarial weight increase per epoch")
+        group.add_argument("--lmda_ent", type=float, default=None,
+                           help="[REF] entropy weight; the loss adds lmda_ent·H, so −20 maximises H. "
+                                "Overrides --balance (balance = −lmda_ent)")
+        group.add_argument("--adv_type", choices=["kl", "js"], default=None, help="adversarial term (§5.2)")
+        group.add_argument("--depth", type=int, default=None, help="G-Cu depth d (2 for 32 px)")
+
+    @classmethod
+    def finalize_options(cls, options: dict[str, Any]) -> None:
+        """Dataset-dependent pace defaults (§5.4, §5.8) and the lmda_ent -> balance mapping (§5.2)."""
+        if options.get("lambda_0") is None:
+            options["lambda_0"] = 2.0 if options["dataset"] == "cifar10" else 1.0
+        if options.get("lambda_end") is not None and options.get("lambda_growth") is not None:
+            raise UsageError("give either --lambda_growth or --lambda_end, not both")
+        if options.get("lambda_end") is not None:
+            total_steps = options["epochs"] * (options["ep_steps"] // options["kd_steps"]) * options["kd_steps"]
+            options["lambda_growth"] = curriculum.pace_growth_from_end(options["lambda_0"], options["lambda_end"],
+                                                                       total_steps)
+        elif options.get("lambda_growth") is None:
+            options["lambda_growth"] = curriculum.default_pace_growth(options["dataset"])
+        if options.get("lmda_ent") is not None:
+            options["balance"] = -float(options["lmda_ent"])
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        if not 0 <= options["begin_fraction"] <= options["end_fraction"] <= 1:
+            raise UsageError("need 0 <= --begin_fraction <= --end_fraction <= 1, got "
+                             f"{options['begin_fraction']} and {options['end_fraction']}")
+        if options["depth"] < 1:
+            raise UsageError(f"--depth must be at least 1, got {options['depth']}")
+
+    def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
+        """G-Cu with the §1.7 initialisation applied once, from the run's seed."""
+        network = CurriculumGenerator(nz=self.latent_dim, depth=self.depth, img_size=self.setup.image_size)
+        init_stream = torch.Generator().manual_seed(self.setup.seed)
+        reset_generator_init(network, generator=init_stream)
+        return network
+
+    # ------------------------------------------------------------------ generator side (§5.2, §5.5)
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        self.adv = curriculum.adv_weight(epoch, self.setup.epochs, self.initial_adv, self.grad_adv,
+                                         self.begin_fraction, self.end_fraction)
+        pace_at_start = curriculum.pace(epoch * self.kd_steps_per_epoch, self.lambda_0, self.pace_growth)
+        return {"adv_weight": self.adv, "pace": float(pace_at_start)}
+
+    def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        teacher_logits, features = self.teacher_forward(images, return_features=True)
+        terms: dict[str, tuple[float, torch.Tensor]] = {
+            # −balance·H(p̄) == lmda_ent·H(p̄) with the scripts' lmda_ent = −balance.
+            "entropy": (-self.balance, batch_mean_entropy(teacher_logits, temperature=self.temperature)),
+            "oh": (self.oh, pseudo_label_cross_entropy(teacher_logits)),
+        }
+        if self.act:
+            terms["act"] = (self.act, activation_loss(features))
+        if self.bn_hook is not None:
+            terms["bn"] = (self.bn, self.bn_hook.loss)
+        if self.adv > 0:  # the student forward is skipped while the adversarial weight is 0
+            student_logits = self.student_forward_eval(images)
+            if self.adv_type == "kl":
+                adversarial = adversarial_kl_masked(student_logits, teacher_logits,
+                                                    temperature=ADVERSARIAL_TEMPERATURE)
+            else:
+                adversarial = adversarial_js_ref(student_logits, teacher_logits,
+                                                 temperature=ADVERSARIAL_TEMPERATURE)
+            terms["adv"] = (self.adv, adversarial)
+        return terms
+
+    # ------------------------------------------------------------------ student side (§5.3, §5.4)
+    def per_sample_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """ℓ_i of §5.3: L1 / L2 mean over classes, or T²·KL(σ(t/T) ‖ σ(s/T)) per sample."""
+        if self.loss_type == "l1":
+            return l1_logits(student_logits, teacher_logits, reduction="none")
+        if self.loss_type == "l2":
+            return l2_logits(student_logits, teacher_logits, reduction="none")
+        return per_sample_kl(student_logits, teacher_logits, temperature=self.temperature)
+
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        losses = self.per_sample_loss(student_logits, teacher_logits)
+        if self.weight_kind is None:  # curr_option none: the plain batch loss
+            return losses.mean(), {}
+        pace = curriculum.pace(kd_step, self.lambda_0, self.pace_growth)
+        loss, sample_weights, difficulty = curriculum.weighted_student_loss(losses, pace, self.weight_kind)
+        return loss, {"mean_sample_weight": sample_weights.mean(), "generated_difficulty": difficulty}

@@ -1,0 +1,59 @@
+"""Names -> constructors for everything a command line can ask for by name.
+
+One place to look up classifiers (METHODS.md §1.1), datasets (§2.1) and data-free methods
+(§3.4, §4, §5). Lookups are by exact name only (§7 item 12); an unknown name raises
+:class:`datafree.errors.UsageError` listing the valid ones.
+
+Adding a method = one module under ``datafree/synthesis/`` plus one line in ``METHODS``.
+"""
+from __future__ import annotations
+
+from typing import Mapping, TypeVar
+
+import torch.nn as nn
+
+from datafree.data import DATASETS, DatasetInfo
+from datafree.errors import UsageError
+from datafree.models import CLASSIFIERS
+from datafree.synthesis.adi import ADISynthesizer
+from datafree.synthesis.base import Synthesizer
+from datafree.synthesis.cmi import CMISynthesizer
+from datafree.synthesis.cudfkd import CuDFKDSynthesizer
+from datafree.synthesis.dafl import DAFLSynthesizer
+from datafree.synthesis.dfq import DFQSynthesizer
+from datafree.synthesis.zskt import ZSKTSynthesizer
+
+METHODS: dict[str, type[Synthesizer]] = {
+    "cudfkd": CuDFKDSynthesizer,
+    "cmi": CMISynthesizer,
+    "dafl": DAFLSynthesizer,
+    "zskt": ZSKTSynthesizer,
+    "adi": ADISynthesizer,
+    "dfq": DFQSynthesizer,
+}
+
+_Value = TypeVar("_Value")
+
+
+def lookup(table: Mapping[str, _Value], name: str, kind: str) -> _Value:
+    """Return ``table[name]``, or raise a one-line UsageError listing the valid names."""
+    if name not in table:
+        raise UsageError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(table)}")
+    return table[name]
+
+
+def get_model(name: str, num_classes: int) -> nn.Module:
+    """Build the classifier called exactly ``name`` with ``num_classes`` outputs (§1)."""
+    if num_classes < 1:
+        raise UsageError(f"num_classes must be positive, got {num_classes}")
+    return lookup(CLASSIFIERS, name, "model")(num_classes)
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """Constants of a dataset (§2.1): classes, mean, std, on-disk layout."""
+    return lookup(DATASETS, name, "dataset")
+
+
+def get_method(name: str) -> type[Synthesizer]:
+    """The synthesizer class implementing the data-free method ``name``."""
+    return lookup(METHODS, name, "method")

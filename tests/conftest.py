@@ -1,0 +1,53 @@
+"""Shared pytest fixtures: tiny CIFAR-format datasets and a small trained teacher.
+
+Everything runs on the CPU with two threads; nothing here needs the real datasets.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+torch.set_num_threads(2)
+
+from cifar_fixtures import write_cifar  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """A learnable CIFAR-10 fixture: 640 train / 200 test images of class patterns."""
+    root = tmp_path_factory.mktemp("cifar10")
+    write_cifar(root, "cifar10", n_train=640, n_test=200, learnable=True, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(tmp_path_factory, cifar10_root) -> Path:
+    """A wrn16_1 teacher trained by train_scratch.py on the fixture (well above chance)."""
+    import train_scratch
+
+    work = tmp_path_factory.mktemp("teacher")
+    path = work / "cifar10_wrn16_1.pth"
+    result = train_scratch.main([
+        "--model", "wrn16_1", "--dataset", "cifar10", "--data_root", str(cifar10_root),
+        "--epochs", "4", "--batch_size", "64", "--lr", "0.05", "--milestones", "3",
+        "--device", "cpu", "--save_dir", str(work / "run"), "--pretrained_path", str(path),
+        "--no_progress"])
+    assert result["best_acc1"] > 60, result
+    return path
+
+
+def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *extra: str) -> list[str]:
+    """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture)."""
+    return ["--method", method, "--dataset", "cifar10", "--teacher", "wrn16_1", "--student", "wrn16_1",
+            "--teacher_ckpt", str(teacher), "--data_root", str(data_root), "--save_dir", str(save_dir),
+            "--device", "cpu", "--no_progress", "--batch_size", "16", "--epochs", "1",
+            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", *extra]

@@ -1,0 +1,25 @@
+"""Two CPU processes under torchrun (gloo) finish with identical student weights (issue: scale)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO, distill_args
+
+
+def test_two_process_ddp_run_keeps_ranks_identical(tmp_path, cifar10_root, teacher_checkpoint):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "datafree_kd.py", *distill_args("dfq", cifar10_root, teacher_checkpoint, run),
+               "--num_threads", "1", "--epochs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fingerprints = dict(re.findall(r"rank (\d) student fingerprint: (\S+)", result.stdout))
+    assert set(fingerprints) == {"0", "1"}, result.stdout
+    assert fingerprints["0"] == fingerprints["1"]
+    assert (run / "last.pth").is_file() and (run / "metrics.jsonl").read_text().count("\n") == 2
+    import yaml
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2

@@ -1,0 +1,385 @@
+"""Tests of datafree.report: the §6.2 statistic, run loading, tables, plot and CLI.
+
+Every expected number is computed by hand (or by the explicit formula written in the test),
+never by calling the code under test twice.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from datafree.report import (
+    NOT_AVAILABLE_SHORT_RUN,
+    ReportError,
+    load_run,
+    main,
+    render_results_markdown,
+    stats,
+    summarize_across_seeds,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# 84 epochs: acc[i] = 0.5 * i for the 80 burn-in epochs, then 90, 92, 94, 96.
+# Window acc[80:] = [90, 92, 94, 96]: mu = 93, var = (9 + 1 + 1 + 9) / 4 = 5.
+SHORT_CURVE = [0.5 * epoch for epoch in range(80)] + [90.0, 92.0, 94.0, 96.0]
+
+
+def distillation_config(method: str, dataset: str = "cifar10", teacher: str = "resnet34",
+                        student: str = "resnet18", seed: int = 0, epochs: int = 84) -> dict:
+    """A config.yaml mapping like datafree_kd.py writes (only the keys the report reads + one)."""
+    return {"method": method, "dataset": dataset, "teacher": teacher, "student": student,
+            "seed": seed, "epochs": epochs, "batch_size": 256}
+
+
+def write_run(directory: Path, config: dict, accuracies: list[float], epoch_seconds: float = 36.0,
+              extra: dict | None = None) -> Path:
+    """Write config.yaml and metrics.jsonl (one line per epoch) into ``directory``."""
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    lines = []
+    best = -math.inf
+    for epoch, accuracy in enumerate(accuracies):
+        best = max(best, accuracy)
+        record = {"epoch": epoch, "acc1": accuracy, "acc5": 99.0, "loss": 0.5, "lr": 0.1,
+                  "best_acc1": best, "epoch_seconds": epoch_seconds}
+        for key, values in (extra or {}).items():
+            record[key] = values[epoch]
+        lines.append(json.dumps(record))
+    (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+# ----------------------------------------------------------------------------- stats (§6.2)
+
+
+def test_stats_short_curve_matches_hand_values():
+    result = stats(SHORT_CURVE)
+    assert result["mu"] == 93.0
+    assert result["var"] == 5.0
+    assert result["best"] == 96.0
+    assert result["best_epoch"] == 83
+    assert result["last"] == 96.0
+    assert result["mean_last5"] == (39.5 + 90 + 92 + 94 + 96) / 5  # = 82.3
+    assert result["epochs"] == 84
+
+
+def test_stats_100_epochs_periodic_curve():
+    accuracies = [50.0 + 2.0 * (epoch % 4) for epoch in range(100)]
+    window = accuracies[80:]  # 20 values: 50, 52, 54, 56 five times
+    expected_mu = sum(window) / len(window)
+    expected_var = sum((value - expected_mu) ** 2 for value in window) / len(window)
+    assert (expected_mu, expected_var) == (53.0, 5.0)
+    result = stats(accuracies, burn_in=80)
+    assert result["mu"] == 53.0
+    assert result["var"] == 5.0  # population variance; the sample variance would be 100/19
+    assert result["best"] == 56.0
+    assert result["best_epoch"] == 3  # first epoch reaching the max, 0-based
+    assert result["last"] == 56.0
+    assert result["mean_last5"] == (56 + 50 + 52 + 54 + 56) / 5
+
+
+def test_stats_burn_in_and_tail_drop():
+    with_tail = stats(SHORT_CURVE, burn_in=80, tail_drop=1)  # [90, 92, 94]
+    assert with_tail["mu"] == 92.0
+    assert with_tail["var"] == 8.0 / 3.0
+    later = stats(SHORT_CURVE, burn_in=82)  # [94, 96]
+    assert (later["mu"], later["var"]) == (95.0, 1.0)
+    both = stats(SHORT_CURVE, burn_in=81, tail_drop=2)  # [92]
+    assert (both["mu"], both["var"]) == (92.0, 0.0)
+    # best / last never depend on the window
+    assert (with_tail["best"], with_tail["last"]) == (96.0, 96.0)
+
+
+def test_stats_window_empty_gives_none():
+    for burn_in, tail_drop in ((84, 0), (100, 0), (83, 1), (0, 84)):
+        result = stats(SHORT_CURVE, burn_in=burn_in, tail_drop=tail_drop)
+        assert result["mu"] is None and result["var"] is None
+        assert result["best"] == 96.0
+
+
+def test_stats_short_run_first_best_and_fewer_than_five():
+    result = stats([1.0, 5.0, 5.0, 3.0], burn_in=1)
+    window = [5.0, 5.0, 3.0]
+    mu = 13.0 / 3.0
+    assert result["mu"] == pytest.approx(mu, abs=1e-12)
+    assert result["var"] == pytest.approx(sum((v - mu) ** 2 for v in window) / 3, abs=1e-12)
+    assert result["var"] == pytest.approx(8.0 / 9.0, abs=1e-12)
+    assert result["best_epoch"] == 1
+    assert result["last"] == 3.0
+    assert result["mean_last5"] == 14.0 / 4.0
+
+
+def test_stats_rejects_negative_window_and_empty_curve():
+    with pytest.raises(ValueError):
+        stats([1.0], burn_in=-1)
+    with pytest.raises(ValueError):
+        stats([1.0], tail_drop=-1)
+    with pytest.raises(ValueError):
+        stats([])
+
+
+def test_summarize_across_seeds_mean_and_sample_std():
+    runs = [{"best": 90.0, "mu": 80.0}, {"best": 92.0, "mu": None}, {"best": 97.0, "mu": 81.0}]
+    summary = summarize_across_seeds(runs)
+    mean, std = summary["best"]
+    assert mean == 93.0
+    # deviations -3, -1, 4: (9 + 1 + 16) / (3 - 1) = 13
+    assert std == pytest.approx(math.sqrt(13.0), abs=1e-12)
+    assert summary["mu"] == (None, None)
+    assert summarize_across_seeds([{"best": 90.0}]) == {"best": (90.0, None)}
+    with pytest.raises(ValueError):
+        summarize_across_seeds([{"best": 1.0}, {"last": 1.0}])
+    with pytest.raises(ValueError):
+        summarize_across_seeds([])
+
+
+# ----------------------------------------------------------------------------- load_run
+
+
+def test_load_run_distillation(tmp_path):
+    memory = [1000.0] * 84
+    memory[10] = 2048.0
+    agreement = [50.0] * 84
+    agreement[40] = 97.5
+    directory = write_run(tmp_path / "run", distillation_config("cudfkd", seed=3), SHORT_CURVE,
+                          extra={"peak_memory_mb": memory, "agreement1": agreement})
+    run = load_run(directory)
+    assert (run.method, run.dataset, run.teacher, run.student, run.seed) == (
+        "cudfkd", "cifar10", "resnet34", "resnet18", 3)
+    assert run.pair == "resnet34→resnet18"
+    assert run.accuracies == tuple(SHORT_CURVE)
+    assert run.peak_memory_mb == 2048.0
+    assert run.wall_seconds == 84 * 36.0
+    assert run.best_fidelity == {"agreement1": 97.5}
+    assert run.epochs_configured == 84 and not run.is_partial
+    assert run.progress == "84/84"
+
+
+def test_load_run_scratch_partial_no_memory(tmp_path):
+    config = {"model": "wrn16_1", "dataset": "cifar100", "seed": 1, "epochs": 200}
+    run = load_run(write_run(tmp_path / "scratch", config, [10.0, 20.0, 30.0], epoch_seconds=1.5))
+    assert (run.method, run.teacher, run.student) == ("scratch", "-", "wrn16_1")
+    assert run.is_partial and run.progress == "3/200"
+    assert run.peak_memory_mb is None
+    assert run.wall_seconds == 4.5
+    assert run.best_fidelity == {}
+
+
+def test_load_run_duplicate_epoch_keeps_later_line(tmp_path):
+    directory = write_run(tmp_path / "run", distillation_config("adi", epochs=3), [1.0, 2.0])
+    with open(directory / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"epoch": 1, "acc1": 7.0, "epoch_seconds": 1.0}) + "\n\n")
+    run = load_run(directory)
+    assert run.accuracies == (1.0, 7.0)
+    assert run.wall_seconds == 37.0
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_dir", "no such run directory"),
+    ("no_metrics", "no metrics.jsonl"),
+    ("no_config", "no config.yaml"),
+    ("bad_json", "metrics.jsonl:2: malformed JSON"),
+    ("no_acc1", "metrics.jsonl:1: 'acc1' must be a finite number"),
+    ("not_object", "metrics.jsonl:2: expected a JSON object"),
+    ("gap", "epoch 1 is missing"),
+    ("empty_metrics", "no epoch recorded yet"),
+    ("config_list", "config.yaml: expected a mapping"),
+    ("config_no_student", "config.yaml: missing key 'student'"),
+])
+def test_load_run_errors_name_file_and_line(tmp_path, case, expected):
+    directory = tmp_path / "run"
+    if case != "missing_dir":
+        write_run(directory, distillation_config("dafl"), [1.0, 2.0])
+    metrics = directory / "metrics.jsonl"
+    if case == "no_metrics":
+        metrics.unlink()
+    elif case == "no_config":
+        (directory / "config.yaml").unlink()
+    elif case == "bad_json":
+        metrics.write_text('{"epoch": 0, "acc1": 1.0}\n{"epoch": 1, "acc1": \n')
+    elif case == "no_acc1":
+        metrics.write_text('{"epoch": 0}\n')
+    elif case == "not_object":
+        metrics.write_text('{"epoch": 0, "acc1": 1.0}\n[1, 2]\n')
+    elif case == "gap":
+        metrics.write_text('{"epoch": 0, "acc1": 1.0}\n{"epoch": 2, "acc1": 1.0}\n')
+    elif case == "empty_metrics":
+        metrics.write_text("")
+    elif case == "config_list":
+        (directory / "config.yaml").write_text("- a\n- b\n")
+    elif case == "config_no_student":
+        config = distillation_config("dafl")
+        del config["student"]
+        (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ReportError) as error:
+        load_run(directory)
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def make_runs(tmp_path: Path) -> list[Path]:
+    """Runs covering ordering, several seeds, a scratch run, a partial and a short run.
+
+    cudfkd r34→r18 seeds 0 and 1: SHORT_CURVE and SHORT_CURVE + 2 (best 96 and 98).
+    dafl r34→r18 seed 0: SHORT_CURVE, configured for 100 epochs -> partial 84/100.
+    cmi wrn40_2→wrn16_1: 10 epochs only (shorter than the burn-in).
+    scratch resnet18; dfq on cifar100.
+    """
+    shifted = [value + 2.0 for value in SHORT_CURVE]
+    return [
+        write_run(tmp_path / "scratch", {"model": "resnet18", "dataset": "cifar10", "seed": 0,
+                                         "epochs": 84}, SHORT_CURVE),
+        write_run(tmp_path / "cudfkd1", distillation_config("cudfkd", seed=1), shifted,
+                  extra={"peak_memory_mb": [7004.16] * 84}),
+        write_run(tmp_path / "cmi", distillation_config("cmi", teacher="wrn40_2", student="wrn16_1",
+                                                        epochs=10), [float(i) for i in range(10)]),
+        write_run(tmp_path / "dfq100", distillation_config("dfq", dataset="cifar100"), SHORT_CURVE),
+        write_run(tmp_path / "cudfkd0", distillation_config("cudfkd", seed=0), SHORT_CURVE,
+                  extra={"peak_memory_mb": [7004.16] * 84}),
+        write_run(tmp_path / "dafl", distillation_config("dafl", epochs=100), SHORT_CURVE),
+    ]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_results_markdown_cells_and_order(tmp_path):
+    runs = [load_run(path) for path in make_runs(tmp_path)]
+    markdown = render_results_markdown(runs, burn_in=80, tail_drop=0)
+    lines = markdown.splitlines()
+    cifar10_header = lines.index("### cifar10") + 2
+    assert lines[cifar10_header] == ("| cifar10 | resnet34→resnet18 | wrn40_2→wrn16_1 | -→resnet18 |")
+    rows = lines[cifar10_header + 2: cifar10_header + 6]
+    assert [row.split(" | ")[0] for row in rows] == ["| dafl", "| cmi", "| cudfkd", "| scratch"]
+    assert rows[0] == "| dafl | 96.00 (96.00 / 82.30) † |  |  |"
+    assert rows[1] == "| cmi |  | 9.00 (9.00 / 7.00) |  |"  # last5 = (5+6+7+8+9)/5
+    # two seeds: best 96 and 98 -> 97 ± sqrt(2); last 97 (mean); last5 (82.3 + 84.3) / 2
+    assert rows[2] == "| cudfkd | 97.00 ± 1.41 (97.00 / 83.30) n=2 |  |  |"
+    assert "### cifar100" in lines and "| dfq | 96.00 (96.00 / 82.30) |" in lines
+
+    assert "## Stability: μ and σ² over epochs 80..end (burn-in 80, population variance)" in lines
+    stability_start = lines.index("| method | dataset | pair | n | μ | σ² | best | peak memory (GB) | "
+                                  "wall time (h) | epochs |")
+    stability = lines[stability_start + 2: stability_start + 7]
+    # cells sorted by method (paper order), then dataset, then pair
+    assert [line.split(" | ")[0] for line in stability] == ["| dafl", "| dfq", "| cmi", "| cudfkd",
+                                                            "| scratch"]
+    by_method = {line.split(" | ")[0][2:] + " " + line.split(" | ")[1]: line for line in stability}
+    # cudfkd: mu 93 and 95 -> 94 ± sqrt(2); var 5 and 5 -> 5 ± 0; memory 7004.16 / 1024 = 6.84 GB;
+    # time 84 * 36 s = 0.84 h
+    assert by_method["cudfkd cifar10"] == ("| cudfkd | cifar10 | resnet34→resnet18 | 2 | 94.00 ± 1.41 | "
+                                           "5.00 ± 0.00 | 97.00 ± 1.41 | 6.84 ± 0.00 | 0.84 ± 0.00 | "
+                                           "84/84, 84/84 |")
+    assert by_method["cmi cifar10"] == (f"| cmi | cifar10 | wrn40_2→wrn16_1 | 1 | {NOT_AVAILABLE_SHORT_RUN} | "
+                                        f"{NOT_AVAILABLE_SHORT_RUN} | 9.00 | – | 0.10 | 10/10 |")
+    assert by_method["dafl cifar10"].endswith("| 93.00 | 5.00 | 96.00 | – | 0.84 | 84/100 † |")
+    assert "dafl" in markdown.split("Partial runs")[1].splitlines()[0]
+    assert "84/100 (partial)" in markdown
+    runs_start = lines.index("## Runs") + 4
+    run_rows = [line.split(" | ") for line in lines[runs_start + 2: runs_start + 8]]
+    assert [(row[0][2:], row[3]) for row in run_rows] == [
+        ("dafl", "0"), ("dfq", "0"), ("cmi", "0"), ("cudfkd", "0"), ("cudfkd", "1"), ("scratch", "0")]
+
+
+def test_cli_writes_csv_markdown_png(tmp_path, capsys):
+    paths = make_runs(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert main([str(path) for path in paths] + ["--out", str(out), "--burn_in", "82"]) == 0
+    printed = capsys.readouterr().out
+    assert "μ and σ² over epochs 82..end (burn-in 82, population variance)" in printed
+    assert "wrote" in printed
+
+    accuracy = read_csv(out / "accuracy.csv")
+    assert [(row["method"], row["dataset"], row["pair"]) for row in accuracy] == [
+        ("dafl", "cifar10", "resnet34→resnet18"), ("dfq", "cifar100", "resnet34→resnet18"),
+        ("cmi", "cifar10", "wrn40_2→wrn16_1"), ("cudfkd", "cifar10", "resnet34→resnet18"),
+        ("scratch", "cifar10", "-→resnet18")]
+    # rows: paper method order (dafl, adi, dfq, cmi, cudfkd), then scratch
+    assert [row["method"] for row in accuracy] == ["dafl", "dfq", "cmi", "cudfkd", "scratch"]
+    cudfkd = accuracy[3]
+    assert (cudfkd["n_seeds"], cudfkd["seeds"]) == ("2", "0 1")
+    assert float(cudfkd["best_mean"]) == 97.0
+    assert float(cudfkd["best_std"]) == round(math.sqrt(2.0), 6)
+    assert float(cudfkd["last_mean"]) == 97.0
+    assert float(cudfkd["mean_last5_mean"]) == 83.3
+    assert accuracy[0]["partial"] == "1" and accuracy[0]["epochs"] == "84/100"
+    assert cudfkd["partial"] == "0" and accuracy[0]["best_std"] == ""
+
+    stability = read_csv(out / "stability.csv")
+    cudfkd_stability = stability[3]
+    assert (cudfkd_stability["burn_in"], cudfkd_stability["tail_drop"]) == ("82", "0")
+    # burn-in 82: windows [94, 96] and [96, 98] -> mu 95 and 97, var 1 and 1
+    assert float(cudfkd_stability["mu_mean"]) == 96.0
+    assert float(cudfkd_stability["var_mean"]) == 1.0
+    assert float(cudfkd_stability["var_std"]) == 0.0
+    assert float(cudfkd_stability["peak_memory_gb_mean"]) == 6.84
+    assert float(cudfkd_stability["wall_hours_mean"]) == 0.84
+    assert stability[2]["mu_mean"] == "" and stability[2]["method"] == "cmi"
+
+    assert (out / "results.md").read_text(encoding="utf-8").startswith("# Results")
+    png = (out / "accuracy.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_cli_tail_drop_and_default_out_dir(tmp_path, monkeypatch, capsys):
+    loyalty = [0.5] * 84
+    loyalty[-1] = 0.875
+    run = write_run(tmp_path / "run", distillation_config("adi"), SHORT_CURVE,
+                    extra={"agreement1": [10.0 + epoch for epoch in range(84)], "prob_loyalty_ref": loyalty})
+    monkeypatch.chdir(tmp_path)
+    assert main([str(run), "--tail_drop", "1"]) == 0
+    stability = read_csv(tmp_path / "report" / "stability.csv")
+    assert float(stability[0]["mu_mean"]) == 92.0
+    assert float(stability[0]["var_mean"]) == round(8.0 / 3.0, 6)
+    accuracy = read_csv(tmp_path / "report" / "accuracy.csv")
+    assert (accuracy[0]["agreement1_mean"], accuracy[0]["prob_loyalty_ref_mean"]) == ("93.0", "0.875")
+    assert accuracy[0]["prob_loyalty_js_mean"] == ""
+    assert "without the last 1 (burn-in 80, tail drop 1, population variance)" in capsys.readouterr().out
+
+
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text(yaml.safe_dump(distillation_config("dafl")))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(broken), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error_output = capsys.readouterr().err
+    assert error_output.startswith("error: ") and "no metrics.jsonl" in error_output
+    assert error_output.count("\n") == 1 and "Traceback" not in error_output
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(broken), "--burn_in", "-3"])
+    assert exit_info.value.code == 2
+
+
+def test_missing_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
+    run = write_run(tmp_path / "run", distillation_config("adi"), SHORT_CURVE)
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "note: matplotlib is not installed; accuracy.png skipped" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "accuracy.png").exists()
+    assert (tmp_path / "out" / "results.md").exists()
+
+
+def test_import_does_not_load_matplotlib():
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys, datafree.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
