@@ -33,10 +33,6 @@ from datafree.hooks import freeze
 from datafree.models import Normalizer
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
-#: Flags whose default comes from the method (None in argparse = "use the method default").
-METHOD_DEFAULTED = ("batch_size", "epochs", "ep_steps", "kd_steps", "g_steps", "lr", "lr_g", "T",
-                    "adv", "bn", "oh", "act", "balance", "cr", "cr_T", "nz", "beta1", "beta2")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -71,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--cr", type=float, default=None, help="CMI contrastive loss")
     weights.add_argument("--cr_T", type=float, default=None, help="CMI contrastive temperature")
     weights.add_argument("--nz", type=int, default=None, help="generator latent size")
+    weights.add_argument("--ngf", type=int, default=None, help="generator width (64 in every published setting)")
     add_method_arguments(parser)
     parser.add_argument("--log_fidelity", action="store_true",
                         help="log Agreement@1 and probability loyalty on the test set (§6.3)")

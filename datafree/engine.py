@@ -100,14 +100,44 @@ def peak_memory_mb(device: torch.device) -> float | None:
 
 
 def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile`` behind a flag; falls back to eager with a note when unavailable."""
+    """``torch.compile`` behind a flag, falling back to eager where it is unavailable.
+
+    ``torch.compile`` fails either at once (no dynamo on this platform) or lazily at the first
+    call (no C++ compiler / Triton): both cases end in eager execution with a one-line note.
+    """
     if not enabled:
         return module
     try:
-        return torch.compile(module)  # type: ignore[return-value]
+        compiled = torch.compile(module)
     except Exception as error:  # compile backends are optional; eager always works
         print(f"note: torch.compile unavailable ({type(error).__name__}); running eager")
         return module
+    return EagerFallback(module, compiled)
+
+
+class EagerFallback(nn.Module):
+    """Calls the compiled module; if its first call fails, switches to the eager module for good."""
+
+    def __init__(self, module: nn.Module, compiled: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module = module
+        self._compiled = [compiled]  # in a list: not registered as a second copy of the weights
+        self.compiled_ok: bool | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled_ok is not False:
+            try:
+                output = self._compiled[0](*args, **kwargs)
+                self.compiled_ok = True
+                return output
+            except Exception as error:
+                if self.compiled_ok:  # it worked before: a real error, not a missing backend
+                    raise
+                self.compiled_ok = False
+                first_line = (str(error).strip().splitlines() or [""])[0][:160]
+                print(f"note: torch.compile failed at first call ({type(error).__name__}: {first_line}); "
+                      "running eager")
+        return self.module(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- seeding

@@ -75,7 +75,7 @@ def adi_options(**overrides: Any) -> dict[str, Any]:
 
 def cmi_options(**overrides: Any) -> dict[str, Any]:
     return {**CMISynthesizer.DEFAULTS, "synthesis_batch_size": SYNTHESIS_BATCH_SIZE, "g_steps": 2,
-            "nz": 16, "bank_size": 10, "n_neg": 6, "head_dim": 8, **overrides}
+            "nz": 16, "ngf": 64, "bank_size": 10, "n_neg": 6, "head_dim": 8, **overrides}
 
 
 def capture_stores(synthesizer) -> list[torch.Tensor]:

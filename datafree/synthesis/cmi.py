@@ -69,7 +69,7 @@ class CMISynthesizer(PooledSynthesizer):
     #: §4.7 CMI row.
     DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
                 "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
-                "adv": 0.5, "bn": 1.0, "oh": 1.0, "cr": 0.8, "cr_T": 0.2, "nz": 256,
+                "adv": 0.5, "bn": 1.0, "oh": 1.0, "cr": 0.8, "cr_T": 0.2, "nz": 256, "ngf": 64,
                 "bank_size": 40960, "n_neg": 4096, "head_dim": 256}
 
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
@@ -83,7 +83,8 @@ class CMISynthesizer(PooledSynthesizer):
         self.cr_temperature = float(options["cr_T"])
         self.latent_dim = int(options["nz"])
         self.negative_count = int(options["n_neg"])
-        self.image_generator = GeneratorS(nz=self.latent_dim, img_size=setup.image_size).to(setup.device)
+        self.image_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]),
+                                          img_size=setup.image_size).to(setup.device)
         self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
         self.feature_hook = InstanceFeatureHook(instance_feature_modules(self.teacher))
         self.feature_dim = self.probe_feature_dim()

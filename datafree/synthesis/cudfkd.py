@@ -111,7 +111,8 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
 
     def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
         """G-Cu with the §1.7 initialisation applied once, from the run's seed."""
-        network = CurriculumGenerator(nz=self.latent_dim, depth=self.depth, img_size=self.setup.image_size)
+        network = CurriculumGenerator(nz=self.latent_dim, ngf=self.generator_width, depth=self.depth,
+                                      img_size=self.setup.image_size)
         init_stream = torch.Generator().manual_seed(self.setup.seed)
         reset_generator_init(network, generator=init_stream)
         return network

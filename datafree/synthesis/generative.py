@@ -27,7 +27,7 @@ from datafree.synthesis.base import SynthesisSetup, Synthesizer
 GENERATIVE_DEFAULTS: dict[str, Any] = {
     "batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 5, "g_steps": 1,
     "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 1.0,
-    "adv": 0.0, "bn": 0.0, "oh": 1.0, "balance": 20.0, "act": 0.001, "nz": 512,
+    "adv": 0.0, "bn": 0.0, "oh": 1.0, "balance": 20.0, "act": 0.001, "nz": 512, "ngf": 64,
     "gen_sample_mode": "eval",
 }
 
@@ -40,6 +40,7 @@ class GenerativeSynthesizer(Synthesizer):
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
         super().__init__(setup, options)
         self.latent_dim = int(options["nz"])
+        self.generator_width = int(options["ngf"])
         self.g_steps = int(options["g_steps"])
         self.adv = float(options["adv"])
         self.bn = float(options["bn"])
@@ -70,7 +71,7 @@ class GenerativeSynthesizer(Synthesizer):
 
     def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
         """G-L with the method's latent size (§1.7), PyTorch default init."""
-        return LargeGenerator(nz=self.latent_dim, img_size=self.setup.image_size)
+        return LargeGenerator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size)
 
     # ------------------------------------------------------------------ synthesis
     def generate(self, count: int) -> torch.Tensor:
