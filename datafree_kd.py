@@ -256,7 +256,7 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
     best_acc1, best_fidelity = 0.0, {}
     partial: dict[str, Any] = {}
     if checkpoint is not None:
-        student.load_state_dict(checkpoint["student"])
+        student.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -280,7 +280,7 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
         engine.atomic_save({
             "format": engine.CHECKPOINT_FORMAT, "kind": "distillation_run", "arch": options["student"],
             "num_classes": options["num_classes"], "dataset": options["dataset"],
-            "state_dict": student.state_dict(), "student": student.state_dict(),
+            "state_dict": student.state_dict(),  # loadable as a classifier by load_classifier
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "synthesizer": synthesizer.state_dict(),
             "position": dict(position), "best_acc1": best_acc1, "best_fidelity": best_fidelity,

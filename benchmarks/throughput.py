@@ -42,12 +42,20 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(method: str, dataset: str, teacher_name: str, student_name: str, device: torch.device,
-            variant: str, kd_steps: int, synthesis_calls: int, warmup: int, extra: list[str]) -> dict:
-    """Time ``synthesis_calls`` synthesize() calls and ``kd_steps`` KD steps after ``warmup`` of each."""
+            variant: str, kd_steps: int, synthesis_calls: int, warmup: int, extra: list[str],
+            max_g_steps: int | None = None) -> dict:
+    """Time ``synthesis_calls`` synthesize() calls and ``kd_steps`` KD steps after ``warmup`` of each.
+
+    ``max_g_steps`` caps the synthesis iterations per measured call (ADI's 1000 are slow on a
+    CPU); the time per iteration is then scaled to the schedule's ``g_steps``.
+    """
     precision, compile_student = VARIANTS[variant]
     argv = ["--method", method, "--dataset", dataset, "--teacher", teacher_name, "--student", student_name,
             "--precision", precision, *(["--compile"] if compile_student else []), *extra]
-    options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(argv))
+    parser = datafree_kd.build_parser()
+    schedule = datafree_kd.resolve_options(parser.parse_args(argv))  # the full schedule being projected
+    measured = ["--g_steps", str(min(schedule["g_steps"], max_g_steps))] if max_g_steps else []
+    options = datafree_kd.resolve_options(parser.parse_args([*argv, *measured]))
     autocast_dtype = engine.resolve_precision(precision, device)
     channels_last = device.type == "cuda"
     engine.seed_everything(0)
@@ -83,16 +91,17 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     synchronize(device)
     kd_seconds = (time.perf_counter() - start) / kd_steps
 
-    rounds = options["ep_steps"] // options["kd_steps"]
-    epoch_seconds = rounds * synthesis_seconds + rounds * options["kd_steps"] * kd_seconds
+    iteration_seconds = synthesis_seconds / options["g_steps"]
+    rounds = schedule["ep_steps"] // schedule["kd_steps"]
+    epoch_seconds = rounds * schedule["g_steps"] * iteration_seconds + rounds * schedule["kd_steps"] * kd_seconds
     return {"method": method, "dataset": dataset, "pair": f"{teacher_name}→{student_name}", "variant": variant,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch_size": options["batch_size"], "synthesis_batch_size": options["synthesis_batch_size"],
             "student_images_per_second": options["batch_size"] / kd_seconds,
-            "synthesis_iterations_per_second": options["g_steps"] / synthesis_seconds,
+            "synthesis_iterations_per_second": 1.0 / iteration_seconds, "g_steps": schedule["g_steps"],
             "peak_memory_gb": (torch.cuda.max_memory_allocated(device) / 2**30) if device.type == "cuda" else None,
-            "epoch_seconds": epoch_seconds, "epochs": options["epochs"],
-            "projected_hours": epoch_seconds * options["epochs"] / 3600}
+            "epoch_seconds": epoch_seconds, "epochs": schedule["epochs"],
+            "projected_hours": epoch_seconds * schedule["epochs"] / 3600}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--kd_steps_measured", type=int, default=20)
     parser.add_argument("--synthesis_calls", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--max_g_steps", type=int, default=None,
+                        help="cap synthesis iterations per measured call (time scaled to the schedule)")
     parser.add_argument("--out", default=None, help="append the table to this Markdown file (+ .json)")
     args, extra = parser.parse_known_args(argv)
     device = engine.resolve_device(args.device)
@@ -125,7 +136,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             teacher_name, student_name = pair.split(":")
             for variant in args.variants.split(","):
                 row = measure(method, args.dataset, teacher_name, student_name, device, variant,
-                              args.kd_steps_measured, args.synthesis_calls, args.warmup, extra)
+                              args.kd_steps_measured, args.synthesis_calls, args.warmup, extra,
+                              args.max_g_steps)
                 rows.append(row)
                 print(markdown([row]).splitlines()[-1], flush=True)
     table = markdown(rows)

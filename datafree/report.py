@@ -556,10 +556,10 @@ def _progress_columns(cell: Cell) -> list[str]:
     return [" ".join(run.progress for run in cell.runs), "1" if cell.partial_runs else "0"]
 
 
-def write_accuracy_csv(cells: Sequence[Cell], path: Path) -> None:
-    """``accuracy.csv``: per cell mean / std across seeds of best, last, mean of last 5, fidelity."""
-    quantities = ["best", "last", "mean_last5"] + list(FIDELITY_KEYS)
-    header = list(_IDENTITY_COLUMNS)
+def _write_cell_csv(cells: Sequence[Cell], path: Path, quantities: Sequence[str],
+                    settings: dict[str, str]) -> None:
+    """One CSV row per cell: identity, ``settings`` columns, mean and std of each quantity, progress."""
+    header = list(_IDENTITY_COLUMNS) + list(settings)
     for quantity in quantities:
         header += [f"{quantity}_mean", f"{quantity}_std"]
     header += ["epochs", "partial"]
@@ -567,29 +567,22 @@ def write_accuracy_csv(cells: Sequence[Cell], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         for cell in cells:
-            row = _cell_identity(cell)
+            row = _cell_identity(cell) + list(settings.values())
             for quantity in quantities:
                 mean, std = cell.summary[quantity]
                 row += [_csv_number(mean), _csv_number(std)]
             writer.writerow(row + _progress_columns(cell))
+
+
+def write_accuracy_csv(cells: Sequence[Cell], path: Path) -> None:
+    """``accuracy.csv``: per cell mean / std across seeds of best, last, mean of last 5, fidelity."""
+    _write_cell_csv(cells, path, ["best", "last", "mean_last5", *FIDELITY_KEYS], {})
 
 
 def write_stability_csv(cells: Sequence[Cell], path: Path, burn_in: int, tail_drop: int) -> None:
     """``stability.csv``: per cell μ, σ² (with the window), best, memory and time."""
-    quantities = ["mu", "var", "best", "peak_memory_gb", "wall_hours"]
-    header = list(_IDENTITY_COLUMNS) + ["burn_in", "tail_drop"]
-    for quantity in quantities:
-        header += [f"{quantity}_mean", f"{quantity}_std"]
-    header += ["epochs", "partial"]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for cell in cells:
-            row = _cell_identity(cell) + [str(burn_in), str(tail_drop)]
-            for quantity in quantities:
-                mean, std = cell.summary[quantity]
-                row += [_csv_number(mean), _csv_number(std)]
-            writer.writerow(row + _progress_columns(cell))
+    _write_cell_csv(cells, path, ["mu", "var", "best", "peak_memory_gb", "wall_hours"],
+                    {"burn_in": str(burn_in), "tail_drop": str(tail_drop)})
 
 
 def plot_accuracy(runs: Sequence[Run], path: Path, burn_in: int) -> bool:

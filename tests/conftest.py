@@ -54,26 +54,31 @@ def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *e
 
 
 @pytest.fixture(scope="session")
-def tiny_cnn_registered():
-    """Register the test-only ``tiny_cnn`` classifier for the session (in-process runs only)."""
+def tiny_teacher_path(tmp_path_factory, cifar10_root) -> Path:
+    """A tiny_cnn teacher trained on the fixture by train_scratch.py (registered only meanwhile)."""
     import registry
-    from tiny_models import TinyCNN
-
-    registry.CLASSIFIERS["tiny_cnn"] = TinyCNN
-    yield "tiny_cnn"
-    registry.CLASSIFIERS.pop("tiny_cnn", None)
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory, cifar10_root, tiny_cnn_registered) -> Path:
-    """A tiny_cnn teacher trained on the fixture by train_scratch.py."""
     import train_scratch
+    from tiny_models import TinyCNN
 
     work = tmp_path_factory.mktemp("tiny_teacher")
     path = work / "cifar10_tiny_cnn.pth"
-    result = train_scratch.main([
-        "--model", "tiny_cnn", "--dataset", "cifar10", "--data_root", str(cifar10_root), "--epochs", "6",
-        "--batch_size", "32", "--lr", "0.05", "--milestones", "5", "--device", "cpu", "--no_progress",
-        "--save_dir", str(work / "run"), "--pretrained_path", str(path)])
+    registry.CLASSIFIERS["tiny_cnn"] = TinyCNN
+    try:
+        result = train_scratch.main([
+            "--model", "tiny_cnn", "--dataset", "cifar10", "--data_root", str(cifar10_root), "--epochs", "6",
+            "--batch_size", "32", "--lr", "0.05", "--milestones", "5", "--device", "cpu", "--no_progress",
+            "--save_dir", str(work / "run"), "--pretrained_path", str(path)])
+    finally:
+        registry.CLASSIFIERS.pop("tiny_cnn", None)
     assert result["best_acc1"] >= 90, result
     return path
+
+
+@pytest.fixture
+def tiny_teacher(tiny_teacher_path, monkeypatch) -> Path:
+    """The tiny teacher's checkpoint, with the test-only ``tiny_cnn`` registered for this test only."""
+    import registry
+    from tiny_models import TinyCNN
+
+    monkeypatch.setitem(registry.CLASSIFIERS, "tiny_cnn", TinyCNN)
+    return tiny_teacher_path

@@ -85,8 +85,8 @@ def test_resume_equals_uninterrupted(method, tmp_path, cifar10_root, teacher_che
     assert stopped["position"]["kd_step"] == 2
     datafree_kd.main(distill_args(method, cifar10_root, teacher_checkpoint, pieces, *extra, "--resume"))
     expected, resumed = last_state(full), last_state(pieces)
-    for key, value in expected["student"].items():
-        assert torch.equal(value, resumed["student"][key]), key
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
     read = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["acc1"] for r in read(full)] == [r["acc1"] for r in read(pieces)]
     assert [r["loss_student"] for r in read(full)] == pytest.approx([r["loss_student"] for r in read(pieces)])

@@ -133,8 +133,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(signum, tmp_path, cifar1
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     final = torch.load(run / "last.pth", weights_only=False)
-    for key, value in uninterrupted["student"].items():
-        assert torch.equal(value, final["student"][key]), key
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(value, final["state_dict"][key]), key
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1, 2]
 
@@ -153,7 +153,7 @@ def test_injected_nan_stops_with_epoch_step_and_term(tmp_path, cifar10_root, tea
         datafree_kd.main(args)
     good = torch.load(run / "last.pth", weights_only=False)
     assert good["position"]["epoch"] == 1  # the checkpoint of the last good epoch is kept
-    assert all(torch.isfinite(v).all() for v in good["student"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
     skipped = datafree_kd.main(distill_args("dafl", cifar10_root, teacher_checkpoint, tmp_path / "skip",
                                             "--epochs", "2", "--nan_policy", "skip"))
     assert skipped["epochs"] == 2

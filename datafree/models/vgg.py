@@ -16,11 +16,11 @@ VGG has no partial forward: ``l`` is accepted for API compatibility and any
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as functional
 from torch import nn
+
+from datafree.models.initialization import init_conv_and_batchnorm
 
 VGG11_BLOCK_WIDTHS: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
 POOL3_INPUT_SIZE = 64  # §1.3: pool3 runs only for inputs of this height
@@ -60,18 +60,9 @@ class VGG(nn.Module):
 
     def reset_parameters(self) -> None:
         """§1.3 init: conv N(0, sqrt(2/(k*k*C_out))), conv bias 0; BN 1/0; Linear N(0, 0.01), bias 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_conv_and_batchnorm(self)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(
         self, x: torch.Tensor, return_features: bool = False, l: int = 0  # noqa: E741 (name fixed by §1.1)

@@ -16,11 +16,11 @@ partial forward (``l`` = 1 takes block1's output, 2 takes block2's output).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as functional
 from torch import nn
+
+from datafree.models.initialization import init_conv_and_batchnorm
 
 MAX_PARTIAL_DEPTH = 2  # §1.9: l in 0..2
 
@@ -89,16 +89,9 @@ class WideResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """§1.4 init: conv N(0, sqrt(2/(k*k*C_out))); BN weight 1, bias 0; Linear bias 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        """§1.4 init: conv N(0, sqrt(2/(k*k*C_out))); BN weight 1, bias 0; Linear bias 0 (weight default)."""
+        init_conv_and_batchnorm(self)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(
         self, x: torch.Tensor, return_features: bool = False, l: int = 0  # noqa: E741 (name fixed by §1.1)

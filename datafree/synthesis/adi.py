@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from datafree.augment import jitter_flip
 from datafree.criterions import js_divergence_ref, total_variation
 from datafree.errors import UsageError
-from datafree.hooks import BatchNormStatisticsHook
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
@@ -48,17 +47,11 @@ class ADISynthesizer(PooledSynthesizer):
 
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
         super().__init__(setup, options)
-        self.learning_rate = float(options["lr_g"])
-        self.betas = (float(options["beta1"]), float(options["beta2"]))
-        self.adv = float(options["adv"])
-        self.bn = float(options["bn"])
-        self.oh = float(options["oh"])
         self.tv = float(options["tv"])
         self.l2 = float(options["l2"])
         self.js_temperature = float(options["js_T"])
         self.keep_last = bool(options["adi_keep_last"])
         self.max_shift = setup.image_size // JITTER_FRACTION
-        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -101,7 +94,7 @@ class ADISynthesizer(PooledSynthesizer):
         count, size = self.setup.synthesis_batch_size, self.setup.image_size
         pixels = self.randn(count, 3, size, size).requires_grad_(True)
         targets = self.random_labels(count)
-        optimizer = torch.optim.Adam([pixels], lr=self.learning_rate, betas=self.betas)
+        optimizer = torch.optim.Adam([pixels], lr=self.synthesis_lr, betas=self.betas)
         best_loss = torch.full((), float("inf"), device=self.device)
         best_pixels = pixels.detach().clone()
         logged: dict[str, torch.Tensor] = {}

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from datafree.criterions import kl_divergence
+from datafree.hooks import BatchNormStatisticsHook
 
 
 @dataclass
@@ -63,7 +64,11 @@ class SynthesisSetup:
 
 
 class Synthesizer:
-    """Base class: stores the setup, defines the KD criterion and the RNG stream."""
+    """Base class: the setup, the options all methods share, the KD criterion, the RNG stream.
+
+    Every method reads ``T``, ``lr_g``, ``beta1``/``beta2`` (Adam of its synthesis) and the loss
+    weights ``adv``, ``bn``, ``oh``; with ``bn > 0`` the teacher's BN layers are hooked (§3.2).
+    """
 
     #: Method defaults (§4.7, §5.8) for every option the method reads; the driver's flags
     #: default to None and are resolved from here.
@@ -76,6 +81,13 @@ class Synthesizer:
         self.normalizer = setup.normalizer
         self.device = setup.device
         self.temperature = float(options["T"])
+        # Options every method has (§4.7): synthesis optimiser and the shared loss weights.
+        self.synthesis_lr = float(options["lr_g"])
+        self.betas = (float(options["beta1"]), float(options["beta2"]))
+        self.adv = float(options["adv"])
+        self.bn = float(options["bn"])
+        self.oh = float(options["oh"])
+        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
         self.generator = torch.Generator(device=setup.device)
         self.generator.manual_seed(setup.seed * 1_000_003 + 7919 * setup.rank + 1)
 
@@ -172,5 +184,9 @@ class Synthesizer:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu")
-                                 else state["generator"])
+        """Restore the RNG stream. Checkpoints hold rank 0's state; on resumption other ranks
+        derive their own stream from it and their rank, so any number of ranks can resume."""
+        self.generator.set_state(state["generator"].cpu())
+        if self.setup.rank > 0:
+            draw = torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device)
+            self.generator.manual_seed(int(draw.item()) + self.setup.rank)

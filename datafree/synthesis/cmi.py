@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from datafree.augment import random_crop_flip, random_resized_crop_flip
 from datafree.criterions import adversarial_kl_masked, contrastive_loss
 from datafree.errors import UsageError
-from datafree.hooks import BatchNormStatisticsHook, InstanceFeatureHook, instance_feature_modules
+from datafree.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.pool import MemoryBank
 from datafree.synthesis.base import SynthesisSetup
@@ -74,23 +74,17 @@ class CMISynthesizer(PooledSynthesizer):
 
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
         super().__init__(setup, options)
-        self.learning_rate = float(options["lr_g"])
-        self.betas = (float(options["beta1"]), float(options["beta2"]))
-        self.adv = float(options["adv"])
-        self.bn = float(options["bn"])
-        self.oh = float(options["oh"])
         self.cr = float(options["cr"])
         self.cr_temperature = float(options["cr_T"])
         self.latent_dim = int(options["nz"])
         self.negative_count = int(options["n_neg"])
         self.image_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]),
                                           img_size=setup.image_size).to(setup.device)
-        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
         self.feature_hook = InstanceFeatureHook(instance_feature_modules(self.teacher))
         self.feature_dim = self.probe_feature_dim()
         self.head = ProjectionHead(self.feature_dim, int(options["head_dim"])).to(setup.device)
         self.trained_head: nn.Module = self.head   # DDP-wrapped by distribute()
-        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.learning_rate)
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.synthesis_lr)
         self.bank = MemoryBank(int(options["bank_size"]), 2 * self.feature_dim, device=setup.device)
 
     @classmethod
@@ -176,7 +170,7 @@ class CMISynthesizer(PooledSynthesizer):
         latents = self.randn(count, self.latent_dim).requires_grad_(True)
         targets = self.random_labels(count)
         optimizer = torch.optim.Adam([{"params": self.image_generator.parameters()}, {"params": [latents]}],
-                                     lr=self.learning_rate, betas=self.betas)
+                                     lr=self.synthesis_lr, betas=self.betas)
         best_loss: torch.Tensor | None = None
         best: tuple[torch.Tensor, ...] = ()
         logged: dict[str, torch.Tensor] = {}

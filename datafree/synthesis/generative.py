@@ -19,7 +19,6 @@ import torch.nn as nn
 
 from datafree.criterions import activation_loss, class_balance_loss, kl_divergence, pseudo_label_cross_entropy
 from datafree.errors import UsageError
-from datafree.hooks import BatchNormStatisticsHook
 from datafree.models import LargeGenerator
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
@@ -42,17 +41,13 @@ class GenerativeSynthesizer(Synthesizer):
         self.latent_dim = int(options["nz"])
         self.generator_width = int(options["ngf"])
         self.g_steps = int(options["g_steps"])
-        self.adv = float(options["adv"])
-        self.bn = float(options["bn"])
-        self.oh = float(options["oh"])
         self.balance = float(options["balance"])
         self.act = float(options["act"])
         self.sample_mode = options["gen_sample_mode"]
         self.image_generator = self.build_generator(options).to(setup.device)
-        self.optimizer = torch.optim.Adam(self.image_generator.parameters(), lr=float(options["lr_g"]),
-                                          betas=(float(options["beta1"]), float(options["beta2"])))
+        self.optimizer = torch.optim.Adam(self.image_generator.parameters(), lr=self.synthesis_lr,
+                                          betas=self.betas)
         self.trained_generator: nn.Module = self.image_generator  # DDP-wrapped by distribute()
-        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
         self.last_images: torch.Tensor | None = None
 
     @classmethod

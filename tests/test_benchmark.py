@@ -1,0 +1,31 @@
+"""benchmarks/throughput.py runs and reports sane numbers (no speed targets here: see benchmarks/)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import throughput  # noqa: E402
+
+
+def test_throughput_table_for_two_methods_and_precisions(tmp_path, tiny_teacher):
+    out = tmp_path / "table.md"
+    rows = throughput.main(["--methods", "cudfkd,adi", "--pairs", "tiny_cnn:tiny_cnn", "--device", "cpu",
+                            "--variants", "fp32,bf16", "--kd_steps_measured", "2", "--synthesis_calls", "1",
+                            "--warmup", "1", "--max_g_steps", "2", "--out", str(out),
+                            "--batch_size", "8", "--ngf", "8"])
+    assert [(r["method"], r["variant"]) for r in rows] == [("cudfkd", "fp32"), ("cudfkd", "bf16"),
+                                                          ("adi", "fp32"), ("adi", "bf16")]
+    for row in rows:
+        assert row["student_images_per_second"] > 0 and row["synthesis_iterations_per_second"] > 0
+        assert row["peak_memory_gb"] is None  # CPU
+    adi = rows[2]
+    # ADI's projection uses its schedule's 1000 iterations per round, not the 2 that were timed.
+    assert adi["g_steps"] == 1000
+    expected = adi["epochs"] * (1000 / adi["synthesis_iterations_per_second"]
+                                + 400 / adi["student_images_per_second"] * 8) / 3600
+    assert adi["projected_hours"] == pytest.approx(expected, rel=1e-6)
+    assert "| adi | tiny_cnn→tiny_cnn | bf16 | 8 |" in out.read_text()
