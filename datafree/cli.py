@@ -19,7 +19,7 @@ from datafree.errors import UsageError
 #: Arguments that may differ between an interrupted run and its resumption: they change
 #: where and how fast a run goes, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
-                          "download", "log_interval", "num_threads", "epochs_budget"})
+                          "download", "log_interval", "num_threads", "nan_policy"})
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

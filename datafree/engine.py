@@ -274,6 +274,8 @@ def prepare_run_directory(save_dir: str | Path, resume: bool, overwrite: bool) -
     """
     path = Path(save_dir)
     run_files = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "summary.json")
+    for stale in path.glob(".*.tmp") if path.is_dir() else ():  # left by a kill -9 during a save
+        stale.unlink()
     has_run = path.is_dir() and any((path / name).exists() for name in run_files)
     if resume:
         if not (path / "last.pth").is_file():

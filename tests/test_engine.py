@@ -34,6 +34,11 @@ def test_run_directory_refuses_reuse_and_resume_without_checkpoint(tmp_path):
         engine.prepare_run_directory(run, resume=True, overwrite=False)
     engine.prepare_run_directory(run, resume=False, overwrite=True)
     assert not (run / "config.yaml").exists()
+    stale = run / ".last.pth.abc123.tmp"  # what a kill -9 in the middle of atomic_save leaves
+    stale.write_bytes(b"partial")
+    engine.atomic_save({"value": 1}, run / "last.pth")
+    engine.prepare_run_directory(run, resume=True, overwrite=False)
+    assert not stale.exists() and (run / "last.pth").exists()
 
 
 def test_metrics_logger_drops_epochs_that_will_be_rerun_on_resume(tmp_path):
