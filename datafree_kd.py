@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,7 +392,10 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
 def finish(run_dir: Path, options: dict[str, Any], student: nn.Module,
            context: distributed.DistributedContext, best_acc1: float) -> dict[str, Any]:
     """Print and store the end-of-run summary: best, last, mean of last 5, wall time, peak memory."""
-    print(f"rank {context.rank} student fingerprint: {fingerprint(student)}")
+    # One short write (below the pipe's atomic size) so lines of several ranks never interleave.
+    sys.stdout.flush()
+    sys.stdout.write(f"rank {context.rank} student fingerprint: {fingerprint(student)}\n")
+    sys.stdout.flush()
     if not context.is_main:
         return {"stopped": False, "run_dir": str(run_dir)}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -333,8 +333,7 @@ class MetricsLogger:
         if not enabled:
             return
         if start_epoch > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["epoch"] < start_epoch]
+            kept = [line for line in self.path.read_text().splitlines() if self._epoch_of(line) < start_epoch]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
@@ -344,6 +343,14 @@ class MetricsLogger:
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch)
         except Exception as error:  # tensorboard missing or broken: keep the JSON log
             print(f"note: TensorBoard logging disabled ({type(error).__name__}: {error})")
+
+    @staticmethod
+    def _epoch_of(line: str) -> float:
+        """The epoch of a logged line; an unreadable line (a write cut by a crash) counts as never logged."""
+        try:
+            return json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            return float("inf")
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one epoch's record; numeric values also go to TensorBoard under their key."""

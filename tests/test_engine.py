@@ -46,6 +46,8 @@ def test_metrics_logger_drops_epochs_that_will_be_rerun_on_resume(tmp_path):
     for epoch in range(3):
         logger.log({"epoch": epoch, "acc1": float(epoch)})
     logger.close()
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write('{"epoch": 3, "acc')  # a line cut short by a crash
     logger = engine.MetricsLogger(tmp_path, start_epoch=2)
     logger.log({"epoch": 2, "acc1": 9.0})
     logger.close()
