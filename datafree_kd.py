@@ -248,6 +248,7 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
         print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
 
     engine.seed_everything(options["seed"])
+    engine.configure_backends(device, options["deterministic"])
     parts = build_training(options, teacher, context, device, autocast_dtype, channels_last)
     student, trained_student, synthesizer = parts.student, parts.trained_student, parts.synthesizer
     optimizer, scheduler, scaler = parts.optimizer, parts.scheduler, parts.scaler

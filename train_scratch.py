@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint = engine.load_checkpoint(run_dir / "last.pth")
         check_resume_config(checkpoint["config"], config)
     engine.seed_everything(args.seed)
+    engine.configure_backends(device, args.deterministic)
     model = engine.to_memory_format(registry.get_model(args.model, info.num_classes).to(device), channels_last)
     normalizer = Normalizer(info.mean, info.std).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,

@@ -13,7 +13,8 @@ not included). The teacher has random weights: speed does not depend on them.
     python benchmarks/throughput.py --method cudfkd --teacher resnet34 --student resnet18 \\
         --batch_size 256 --device cuda --variants fp32,bf16,compile
 
-Prints a Markdown table; ``--out FILE`` also appends it to FILE and writes FILE.json beside it.
+Prints a Markdown table; ``--out FILE`` also appends it (with the command) to FILE and adds
+its rows to FILE.json beside it.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import datafree_kd  # noqa: E402
 import registry  # noqa: E402
 from datafree import distributed, engine  # noqa: E402
+from datafree.errors import UsageError  # noqa: E402
 from datafree.hooks import freeze  # noqa: E402
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("bf16", True),
@@ -59,6 +61,7 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     autocast_dtype = engine.resolve_precision(precision, device)
     channels_last = device.type == "cuda"
     engine.seed_everything(0)
+    engine.configure_backends(device, deterministic=False)
     teacher = registry.get_model(teacher_name, options["num_classes"]).to(device)
     teacher = engine.to_memory_format(freeze(teacher), channels_last)
     parts = datafree_kd.build_training(options, teacher, distributed.DistributedContext(), device,
@@ -129,25 +132,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="cap synthesis iterations per measured call (time scaled to the schedule)")
     parser.add_argument("--out", default=None, help="append the table to this Markdown file (+ .json)")
     args, extra = parser.parse_known_args(argv)
+    # Every name is checked before the first (possibly long) measurement.
+    methods = args.methods.split(",")
+    for method in methods:
+        registry.get_method(method)
+    pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
+    for pair in pairs:
+        if len(pair) != 2:
+            raise UsageError(f"--pairs takes teacher:student pairs separated by commas, got {args.pairs!r}")
+        for name in pair:
+            registry.lookup(registry.CLASSIFIERS, name, "model")
+    variants = args.variants.split(",")
+    for variant in variants:
+        registry.lookup(VARIANTS, variant, "variant")
     device = engine.resolve_device(args.device)
+    command = " ".join(sys.argv) if argv is None else " ".join(["benchmarks/throughput.py", *argv])
+    out = Path(args.out) if args.out else None
+    json_path = Path(str(out) + ".json") if out else None
+    # Several commands may fill one table (e.g. one per pair within a time limit): rows
+    # accumulate in FILE.json, written after every row so that an interrupted command keeps
+    # what it measured.
+    earlier = json.loads(json_path.read_text()) if json_path and json_path.is_file() else []
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method in args.methods.split(","):
-        for pair in args.pairs.split(","):
-            teacher_name, student_name = pair.split(":")
-            for variant in args.variants.split(","):
+    for method in methods:
+        for teacher_name, student_name in pairs:
+            for variant in variants:
                 row = measure(method, args.dataset, teacher_name, student_name, device, variant,
                               args.kd_steps_measured, args.synthesis_calls, args.warmup, extra,
                               args.max_g_steps)
-                rows.append(row)
+                rows.append({**row, "command": command})
                 print(markdown([row]).splitlines()[-1], flush=True)
+                if json_path:
+                    json_path.write_text(json.dumps(earlier + rows, indent=2))
     table = markdown(rows)
     print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out:
         with out.open("a") as file:
-            file.write(f"\n`{' '.join(sys.argv)}`\n\n{table}")
-        Path(str(out) + ".json").write_text(json.dumps(rows, indent=2))
+            file.write(f"\n`{command}`\n\n{table}")
     return rows
 
 

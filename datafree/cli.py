@@ -19,7 +19,7 @@ from datafree.errors import UsageError
 #: Arguments that may differ between an interrupted run and its resumption: they change
 #: where and how fast a run goes, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
-                          "download", "log_interval", "num_threads", "nan_policy"})
+                          "download", "log_interval", "num_threads", "nan_policy", "deterministic"})
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
                        help="channels_last memory format; auto = on for CUDA")
     group.add_argument("--compile", action="store_true", help="torch.compile the student (falls back to eager)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic cuDNN kernels instead of autotuned ones (CUDA: bitwise "
+                            "reproducible, slower)")
     group.add_argument("--save_dir", default=None, help="run directory (default under runs/)")
     group.add_argument("--resume", action="store_true", help="continue the run in --save_dir from last.pth")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")

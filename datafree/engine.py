@@ -80,6 +80,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Speed or bitwise reproducibility of cuDNN convolutions (issue: speed; §7 item 14).
+
+    By default on CUDA, ``cudnn.benchmark`` times the convolution algorithms once per input shape
+    and keeps the fastest: every shape in the hot loop is fixed, so this is pure gain.
+    ``--deterministic`` turns autotuning off and asks cuDNN for deterministic algorithms, so that
+    two runs with one seed (or a run and its resumption) match bit for bit, at some speed cost.
+    """
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast context for the forward passes; a no-op in fp32."""
     if dtype is None:

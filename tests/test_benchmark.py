@@ -1,11 +1,13 @@
 """benchmarks/throughput.py runs and reports sane numbers (no speed targets here: see benchmarks/)."""
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
 from conftest import REPO
+from datafree.errors import UsageError
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402
@@ -29,3 +31,21 @@ def test_throughput_table_for_two_methods_and_precisions(tmp_path, tiny_teacher)
                                 + 400 / adi["student_images_per_second"] * 8) / 3600
     assert adi["projected_hours"] == pytest.approx(expected, rel=1e-6)
     assert "| adi | tiny_cnn→tiny_cnn | bf16 | 8 |" in out.read_text()
+
+
+def test_commands_sharing_an_output_accumulate_rows_and_bad_names_fail_before_measuring(tmp_path, tiny_teacher):
+    out = tmp_path / "table.md"
+    common = ["--pairs", "tiny_cnn:tiny_cnn", "--device", "cpu", "--variants", "fp32", "--kd_steps_measured", "1",
+              "--synthesis_calls", "1", "--warmup", "0", "--max_g_steps", "1", "--out", str(out),
+              "--batch_size", "4", "--ngf", "8"]
+    throughput.main(["--methods", "dafl", *common])
+    throughput.main(["--methods", "zskt", *common])
+    rows = json.loads((tmp_path / "table.md.json").read_text())
+    assert [row["method"] for row in rows] == ["dafl", "zskt"]
+    assert all("--methods" in row["command"] for row in rows)
+    assert out.read_text().count("| method | pair |") == 2
+    for bad, valid in ((["--methods", "dafl,cudfdk"], "cudfkd"), (["--methods", "dafl", "--variants", "fp64"], "bf16"),
+                       (["--methods", "dafl", "--pairs", "resnet34"], "teacher:student")):
+        with pytest.raises(UsageError, match=valid):
+            throughput.main([*common, *bad])
+    assert len(json.loads((tmp_path / "table.md.json").read_text())) == 2  # nothing measured

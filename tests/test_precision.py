@@ -53,3 +53,55 @@ def test_compile_flag_falls_back_to_eager_when_compilation_fails(monkeypatch, ca
     assert engine.unwrap(wrapped) is model
     monkeypatch.setattr(torch, "compile", lambda module: (_ for _ in ()).throw(RuntimeError("no dynamo")))
     assert engine.maybe_compile(model, enabled=True) is model
+
+
+@pytest.mark.parametrize("device, deterministic, benchmark", [
+    ("cuda", False, True),   # default on a GPU: autotuned convolutions
+    ("cuda", True, False),   # --deterministic: reproducible kernels, no autotuning
+    ("cpu", False, False),   # nothing to tune on the CPU
+])
+def test_cudnn_autotuning_unless_deterministic(device, deterministic, benchmark, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not deterministic)
+    engine.configure_backends(torch.device(device), deterministic)
+    assert torch.backends.cudnn.benchmark is benchmark
+    assert torch.backends.cudnn.deterministic is deterministic
+
+
+def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
+    from datafree.distributed import DistributedContext
+
+    args = datafree_kd.build_parser().parse_args([
+        "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
+        "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path),
+        "--device", "cpu", "--precision", "fp16", "--batch_size", "8", "--g_steps", "2", "--ngf", "8",
+        "--bank_size", "64", "--n_neg", "16", *(["--adv", "1"] if method == "cudfkd" else [])])
+    options = datafree_kd.resolve_options(args)
+    device = torch.device("cpu")
+    teacher = datafree_kd.load_teacher(options, device, channels_last=False)
+    parts = datafree_kd.build_training(options, teacher, DistributedContext(), device, torch.float16, False)
+    parts.synthesizer.begin_epoch(0)
+    return parts.synthesizer
+
+
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
+def test_fp16_synthesis_steps_go_through_a_loss_scaler(method, tmp_path, cifar10_root, tiny_teacher, monkeypatch):
+    """--precision fp16: every synthesis optimizer steps through a GradScaler (§7 item 22), so a
+    step with overflowing gradients is skipped (weights unchanged) and the scale backs off."""
+    synthesizer = build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher)
+    scaler = synthesizer.scaler
+    assert scaler.is_enabled()
+    synthesizer.synthesize()   # (the scale may already back off here: 65536 overflows fp16 easily)
+    scale = scaler.get_scale()
+    # Persistent trained modules (CMI's generator is re-initialised every call: only its head).
+    names = ("head",) if method == "cmi" else ("image_generator",)
+    trained = [getattr(synthesizer, name) for name in names if hasattr(synthesizer, name)]
+    before = [p.detach().clone() for m in trained for p in m.parameters()]
+
+    original_scale = scaler.scale
+    monkeypatch.setattr(scaler, "scale", lambda loss: original_scale(loss) * float("inf"))
+    synthesizer.synthesize()                      # every gradient overflows: both steps skipped
+    assert scaler.get_scale() == scale / 4
+    after = [p.detach() for m in trained for p in m.parameters()]
+    assert (len(before) > 0) == (method != "adi") and all(torch.equal(b, a) for b, a in zip(before, after))
+    assert synthesizer.state_dict()["scaler"]["scale"] == scale / 4   # resumed with the same scale

@@ -103,9 +103,7 @@ class ADISynthesizer(PooledSynthesizer):
             loss = sum(weight * value for weight, value in terms.values())
             if not self.keep_last:
                 best_loss, (best_pixels,) = keep_lower(loss, best_loss, (pixels,), (best_pixels,))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            self.optimizer_step(loss, optimizer)
             with torch.no_grad():
                 pixels.copy_(self.normalizer.clamp_normalized(pixels))
             logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}

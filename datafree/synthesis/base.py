@@ -88,6 +88,9 @@ class Synthesizer:
         self.bn = float(options["bn"])
         self.oh = float(options["oh"])
         self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
+        # fp16 only: the synthesis losses are scaled so that small gradients through fp16
+        # activations do not underflow (issue: speed; §7 item 22). A no-op in bf16 and fp32.
+        self.scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.autocast_dtype == torch.float16)
         self.generator = torch.Generator(device=setup.device)
         self.generator.manual_seed(setup.seed * 1_000_003 + 7919 * setup.rank + 1)
 
@@ -165,6 +168,19 @@ class Synthesizer:
             self.student.train(was_training)
         return logits
 
+    def optimizer_step(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
+        """Backward of ``loss`` and one step of each optimizer, through the loss scaler.
+
+        Under fp16 a step whose gradients are not finite is skipped and the scale backs off;
+        otherwise this is ``zero_grad``, ``backward``, ``step``.
+        """
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.setup.channels_last:
             return images.contiguous(memory_format=torch.channels_last)
@@ -181,12 +197,13 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the RNG stream. Checkpoints hold rank 0's state; on resumption other ranks
         derive their own stream from it and their rank, so any number of ranks can resume."""
         self.generator.set_state(state["generator"].cpu())
+        self.scaler.load_state_dict(state["scaler"])
         if self.setup.rank > 0:
             draw = torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device)
             self.generator.manual_seed(int(draw.item()) + self.setup.rank)

@@ -182,11 +182,7 @@ class CMISynthesizer(PooledSynthesizer):
                 best_loss, best = loss.detach().clone(), (images.detach().clone(), features.detach().clone())
             else:
                 best_loss, best = keep_lower(loss, best_loss, (images, features), best)
-            optimizer.zero_grad(set_to_none=True)
-            self.head_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            self.head_optimizer.step()
+            self.optimizer_step(loss, optimizer, self.head_optimizer)
             logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
             logged["loss_synthesis"] = loss.detach()
         best_images, best_features = best

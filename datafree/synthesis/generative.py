@@ -103,9 +103,7 @@ class GenerativeSynthesizer(Synthesizer):
             images = self.generate(self.setup.synthesis_batch_size)
             terms = self.generator_terms(self.normalizer(images))
             loss = sum(weight * value for weight, value in terms.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.optimizer_step(loss, self.optimizer)
             logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
             logged["loss_generator"] = loss.detach()
         self.last_images = images.detach()
