@@ -218,6 +218,7 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
     info = registry.get_dataset(options["dataset"])
     autocast_dtype = engine.resolve_precision(options["precision"], device)
     channels_last = options["channels_last"] == "on" or (options["channels_last"] == "auto" and device.type == "cuda")
+    engine.configure_backends(device, options["deterministic"])  # before any CUDA kernel runs
     is_main = context.is_main
 
     # Inputs are validated (teacher, data) before the run directory is touched, so a bad
@@ -248,7 +249,6 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
         print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
 
     engine.seed_everything(options["seed"])
-    engine.configure_backends(device, options["deterministic"])
     parts = build_training(options, teacher, context, device, autocast_dtype, channels_last)
     student, trained_student, synthesizer = parts.student, parts.trained_student, parts.synthesizer
     optimizer, scheduler, scaler = parts.optimizer, parts.scheduler, parts.scaler
@@ -258,14 +258,18 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext,
     best_acc1, best_fidelity = 0.0, {}
     partial: dict[str, Any] = {}
     if checkpoint is not None:
-        student.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        synthesizer.load_state_dict(checkpoint["synthesizer"])
-        engine.restore_rng_state(checkpoint["rng"])
-        position, best_acc1 = dict(checkpoint["position"]), checkpoint["best_acc1"]
-        best_fidelity, partial = checkpoint.get("best_fidelity", {}), checkpoint["partial_epoch"]
+        try:
+            student.load_state_dict(checkpoint["state_dict"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            synthesizer.load_state_dict(checkpoint["synthesizer"])
+            engine.restore_rng_state(checkpoint["rng"])
+            position, best_acc1 = dict(checkpoint["position"]), checkpoint["best_acc1"]
+            best_fidelity, partial = checkpoint.get("best_fidelity", {}), checkpoint["partial_epoch"]
+        except KeyError as error:
+            raise CheckpointError(f"{run_dir / 'last.pth'} lacks the entry {error}: it was written by another "
+                                  "version of datafree and cannot be resumed; start anew with --overwrite") from None
         if is_main:
             print(f"resuming {run_dir} at epoch {position['epoch']}, round {position['round']}, "
                   f"KD step {position['kd_in_round']} of the round")

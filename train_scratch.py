@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = engine.resolve_device(args.device)
     autocast_dtype = engine.resolve_precision(args.precision, device)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    engine.configure_backends(device, args.deterministic)  # before any CUDA kernel runs
     info = registry.get_dataset(args.dataset)
     config = resolved_config(args)
 
@@ -96,7 +97,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint = engine.load_checkpoint(run_dir / "last.pth")
         check_resume_config(checkpoint["config"], config)
     engine.seed_everything(args.seed)
-    engine.configure_backends(device, args.deterministic)
     model = engine.to_memory_format(registry.get_model(args.model, info.num_classes).to(device), channels_last)
     normalizer = Normalizer(info.mean, info.std).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,

@@ -98,7 +98,7 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     rounds = schedule["ep_steps"] // schedule["kd_steps"]
     epoch_seconds = rounds * schedule["g_steps"] * iteration_seconds + rounds * schedule["kd_steps"] * kd_seconds
     return {"method": method, "dataset": dataset, "pair": f"{teacher_name}→{student_name}", "variant": variant,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "device": engine.device_description(device),
             "batch_size": options["batch_size"], "synthesis_batch_size": options["synthesis_batch_size"],
             "student_images_per_second": options["batch_size"] / kd_seconds,
             "synthesis_iterations_per_second": 1.0 / iteration_seconds, "g_steps": schedule["g_steps"],

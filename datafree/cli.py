@@ -39,8 +39,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                        help="channels_last memory format; auto = on for CUDA")
     group.add_argument("--compile", action="store_true", help="torch.compile the student (falls back to eager)")
     group.add_argument("--deterministic", action="store_true",
-                       help="deterministic cuDNN kernels instead of autotuned ones (CUDA: bitwise "
-                            "reproducible, slower)")
+                       help="deterministic kernels (cuDNN, cuBLAS, torch.use_deterministic_algorithms; "
+                            "warns for an op that has none) instead of autotuned ones: reproducible "
+                            "GPU runs, slower")
     group.add_argument("--save_dir", default=None, help="run directory (default under runs/)")
     group.add_argument("--resume", action="store_true", help="continue the run in --save_dir from last.pth")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")

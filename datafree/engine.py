@@ -74,10 +74,23 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """``--precision auto|bf16|fp16|fp32`` -> autocast dtype (None = fp32). auto = bf16 on CUDA."""
+    """``--precision auto|bf16|fp16|fp32`` -> autocast dtype (None = fp32). auto = bf16 on CUDA.
+
+    bf16 asked for on a CPU without bf16 instructions gets a note: there it is emulated and
+    far slower than fp32 (20-30x on an AVX2-only EPYC, results/benchmarks/README.md)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        print("note: this CPU has no bf16 instructions (AVX512-BF16 or AMX); bf16 runs emulated and "
+              "much slower than --precision fp32")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); True when torch cannot tell."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = [check for check in checks if callable(check)]
+    return not checks or any(check() for check in checks)
 
 
 def configure_backends(device: torch.device, deterministic: bool) -> None:
@@ -85,11 +98,18 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
 
     By default on CUDA, ``cudnn.benchmark`` times the convolution algorithms once per input shape
     and keeps the fastest: every shape in the hot loop is fixed, so this is pure gain.
-    ``--deterministic`` turns autotuning off and asks cuDNN for deterministic algorithms, so that
-    two runs with one seed (or a run and its resumption) match bit for bit, at some speed cost.
+    ``--deterministic`` turns autotuning off and asks for deterministic algorithms everywhere:
+    cuDNN's, cuBLAS's (a fixed workspace, set before the first matrix product) and PyTorch's own
+    (``use_deterministic_algorithms``; e.g. the backward of the pool and bank indexing of ADI/CMI
+    otherwise accumulates with atomics in a varying order). An op with no deterministic kernel
+    warns instead of failing. The aim is that two runs with one seed (or a run and its
+    resumption) match bit for bit on a GPU, at some speed cost.
     """
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -312,9 +332,24 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": str(torch.__version__),
                             "numpy": str(np.__version__), "device": str(device),
                             "hostname": platform.node(), "command": " ".join(sys.argv)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    info["gpu" if device.type == "cuda" else "cpu"] = device_description(device)
     return info
+
+
+def device_description(device: torch.device) -> str:
+    """What ran the numbers: the GPU's name, or the CPU's model, core count and the vector
+    instructions torch uses (they decide CPU speed, bf16 above all: ``resolve_precision``)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = ", bf16" if cpu_has_native_bf16() else ", no bf16"
+    return f"{model}, {os.cpu_count()} cores, {capability}{bf16}"
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ import datafree_kd
 import registry
 from conftest import distill_args
 from datafree import data as data_module
+from datafree.errors import CheckpointError
 
 METHODS = sorted(registry.METHODS)
 
@@ -90,3 +91,35 @@ def test_resume_equals_uninterrupted(method, tmp_path, cifar10_root, teacher_che
     read = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["acc1"] for r in read(full)] == [r["acc1"] for r in read(pieces)]
     assert [r["loss_student"] for r in read(full)] == pytest.approx([r["loss_student"] for r in read(pieces)])
+
+
+def test_resuming_a_checkpoint_of_another_version_fails_in_one_line(tmp_path, cifar10_root, teacher_checkpoint):
+    """A last.pth whose synthesizer state lacks an entry this version writes (here: an earlier
+    single-stream RNG state) is refused with the fix, not with a KeyError traceback."""
+    run = tmp_path / "run"
+    datafree_kd.main(distill_args("dafl", cifar10_root, teacher_checkpoint, run, "--max_minutes", "1e-9"))
+    checkpoint = last_state(run)
+    checkpoint["synthesizer"]["generator"] = checkpoint["synthesizer"].pop("noise_stream")
+    torch.save(checkpoint, run / "last.pth")
+    with pytest.raises(CheckpointError, match=r"lacks the entry 'noise_stream'.*--overwrite"):
+        datafree_kd.main(distill_args("dafl", cifar10_root, teacher_checkpoint, run, "--resume"))
+
+
+def test_deterministic_flag_runs_and_repeats_bit_for_bit(tmp_path, cifar10_root, teacher_checkpoint):
+    """--deterministic turns on torch.use_deterministic_algorithms; CMI (pool and bank indexing,
+    whose backward is the usual CUDA culprit) runs under it without a warning and repeats."""
+    method = "cmi"
+    import warnings
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*determinis.*")
+            runs = [datafree_kd.main(distill_args(method, cifar10_root, teacher_checkpoint, tmp_path / name,
+                                                  "--deterministic")) for name in ("a", "b")]
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    first, second = (last_state(tmp_path / name) for name in ("a", "b"))
+    assert runs[0]["best_acc1"] == runs[1]["best_acc1"]
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+

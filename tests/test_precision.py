@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -55,6 +56,32 @@ def test_compile_flag_falls_back_to_eager_when_compilation_fails(monkeypatch, ca
     assert engine.maybe_compile(model, enabled=True) is model
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, precision, noted", [
+    (False, False, "bf16", True),    # AVX2-only CPU: bf16 is emulated, far slower than fp32
+    (True, False, "bf16", False),
+    (False, True, "bf16", False),
+    (False, False, "fp32", False),
+    (False, False, "auto", False),   # auto is fp32 on the CPU
+])
+def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(avx512_bf16, amx, precision, noted,
+                                                            monkeypatch, capsys):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    dtype = engine.resolve_precision(precision, torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if precision == "bf16" else None)
+    assert ("note: this CPU has no bf16 instructions" in capsys.readouterr().out) is noted
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_description_names_the_vector_instructions_and_bf16(native_bf16, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    description = engine.device_description(torch.device("cpu"))
+    assert f"{os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}" in description
+    assert description.endswith(", bf16" if native_bf16 else ", no bf16")
+    assert engine.environment_info(torch.device("cpu"))["cpu"] == description
+
+
 @pytest.mark.parametrize("device, deterministic, benchmark", [
     ("cuda", False, True),   # default on a GPU: autotuned convolutions
     ("cuda", True, False),   # --deterministic: reproducible kernels, no autotuning
@@ -63,9 +90,17 @@ def test_compile_flag_falls_back_to_eager_when_compilation_fails(monkeypatch, ca
 def test_cudnn_autotuning_unless_deterministic(device, deterministic, benchmark, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", not deterministic)
-    engine.configure_backends(torch.device(device), deterministic)
-    assert torch.backends.cudnn.benchmark is benchmark
-    assert torch.backends.cudnn.deterministic is deterministic
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        engine.configure_backends(torch.device(device), deterministic)
+        assert torch.backends.cudnn.benchmark is benchmark
+        assert torch.backends.cudnn.deterministic is deterministic
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        if deterministic:
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert ("CUBLAS_WORKSPACE_CONFIG" in os.environ) is (deterministic and device == "cuda")
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):

@@ -94,10 +94,13 @@ def kd_command(cifar10_root, teacher_checkpoint, save_dir, *extra):
 
 
 def wait_for_epochs(run: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``count`` epochs are logged and the checkpoint after the first one is on disk
+    (the metrics line is written just before that checkpoint, so the line alone is not enough)."""
     deadline = time.time() + timeout
     metrics = run / "metrics.jsonl"
     while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= count:
+        if (metrics.exists() and len(metrics.read_text().splitlines()) >= count
+                and (run / "last.pth").exists()):
             return
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)

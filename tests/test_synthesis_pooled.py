@@ -194,7 +194,7 @@ def test_cmi_generator_is_reset_every_call_and_head_persists() -> None:
     # The expected second initialisation: §1.7 init drawn from the synthesizer's RNG state now.
     expected = GeneratorS(nz=16)
     stream = torch.Generator()
-    stream.set_state(synthesizer.generator.get_state())
+    stream.set_state(synthesizer.noise_stream.get_state())
     reset_generator_init(expected, generator=stream)
 
     seen: dict[str, dict[str, torch.Tensor]] = {}
@@ -300,6 +300,38 @@ def test_state_dict_round_trip_reproduces_the_next_samples(method, options) -> N
         restored.synthesize()
         torch.testing.assert_close(restored.pool.images, synthesizer.pool.images, rtol=0, atol=0)
         torch.testing.assert_close(restored.bank.features, synthesizer.bank.features)
+
+
+@pytest.mark.parametrize("method, options", [(ADISynthesizer, adi_options()), (CMISynthesizer, cmi_options())])
+def test_kd_batches_draw_only_from_the_augmentation_stream(method, options) -> None:
+    """§7 item 14: pool draws and crops/flips have their own stream, so the noise of the next
+    synthesis (initial pixels or latents, target labels, CMI's generator re-initialisation) does
+    not depend on how many KD batches were taken in between; the two streams start differently."""
+    synthesizer = method(make_setup(), options)
+    assert not torch.equal(torch.randn(8, generator=synthesizer.noise_stream),
+                           torch.randn(8, generator=synthesizer.augmentation_stream))
+    noise: dict[int, list[torch.Tensor]] = {}
+    for kd_batches in (1, 5):
+        instance = method(make_setup(), options)
+        instance.synthesize()
+        noise_state = instance.noise_stream.get_state()
+        augmentation_state = instance.augmentation_stream.get_state()
+        for _ in range(kd_batches):
+            instance.sample()
+        assert torch.equal(instance.noise_stream.get_state(), noise_state)
+        assert not torch.equal(instance.augmentation_stream.get_state(), augmentation_state)
+        drawn = noise[kd_batches] = []
+        for name in ("randn", "random_labels"):
+            original = getattr(instance, name)
+            def record(*shape: int, original=original) -> torch.Tensor:
+                value = original(*shape)
+                drawn.append(value.clone())   # ADI optimises its initial pixels in place
+                return value
+            setattr(instance, name, record)
+        instance.synthesize()
+    assert len(noise[1]) == 2
+    for first, second in zip(noise[1], noise[5]):
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method, options", [(ADISynthesizer, adi_options()), (CMISynthesizer, cmi_options())])

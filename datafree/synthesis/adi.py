@@ -72,7 +72,7 @@ class ADISynthesizer(PooledSynthesizer):
     # ------------------------------------------------------------------ synthesis
     def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of L for normalised ``pixels`` (one jitter + flip draw): name -> (weight, value)."""
-        augmented = jitter_flip(pixels, max_shift=self.max_shift, generator=self.generator)
+        augmented = jitter_flip(pixels, max_shift=self.max_shift, generator=self.augmentation_stream)
         teacher_logits = self.teacher_forward(augmented)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if self.bn_hook is not None:

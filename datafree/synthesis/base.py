@@ -33,6 +33,9 @@ import torch.nn as nn
 from datafree.criterions import kl_divergence
 from datafree.hooks import BatchNormStatisticsHook
 
+#: Offsets that make the two RNG streams of one (seed, rank) distinct.
+NOISE_STREAM, AUGMENTATION_STREAM = 1, 2
+
 
 @dataclass
 class SynthesisSetup:
@@ -41,8 +44,8 @@ class SynthesisSetup:
     ``teacher`` is frozen (eval, no parameter gradients, §7 item 15). ``student`` is the plain
     module being trained (never the DDP wrapper: every rank holds the same weights, and a
     synthesis query must not trigger gradient all-reduces); synthesizers that query it put it
-    in eval() for the query and restore its mode. ``generator`` is the synthesizer's private RNG stream (seeded
-    per rank) for latents, labels and augmentation.
+    in eval() for the query and restore its mode. ``seed`` and ``rank`` seed the synthesizer's two
+    private RNG streams (noise and augmentation, see ``Synthesizer``).
     """
 
     teacher: nn.Module
@@ -64,10 +67,17 @@ class SynthesisSetup:
 
 
 class Synthesizer:
-    """Base class: the setup, the options all methods share, the KD criterion, the RNG stream.
+    """Base class: the setup, the options all methods share, the KD criterion, the RNG streams.
 
     Every method reads ``T``, ``lr_g``, ``beta1``/``beta2`` (Adam of its synthesis) and the loss
     weights ``adv``, ``bn``, ``oh``; with ``bn > 0`` the teacher's BN layers are hooked (§3.2).
+
+    Randomness comes from two private ``torch.Generator`` streams per rank, never from the
+    global one (§7 item 14): ``noise_stream`` draws latents, initial pixels, target labels and
+    generator re-initialisations; ``augmentation_stream`` draws crops, flips, jitter and which
+    pool or memory-bank entries a batch takes. What one stream draws does not depend on how much
+    the other has drawn (e.g. for ADI and CMI, the noise of the next synthesis does not depend on
+    how many KD batches were augmented in between).
     """
 
     #: Method defaults (§4.7, §5.8) for every option the method reads; the driver's flags
@@ -91,8 +101,8 @@ class Synthesizer:
         # fp16 only: the synthesis losses are scaled so that small gradients through fp16
         # activations do not underflow (issue: speed; §7 item 22). A no-op in bf16 and fp32.
         self.scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.autocast_dtype == torch.float16)
-        self.generator = torch.Generator(device=setup.device)
-        self.generator.manual_seed(setup.seed * 1_000_003 + 7919 * setup.rank + 1)
+        self.noise_stream = self.new_stream(setup.seed, setup.rank, NOISE_STREAM)
+        self.augmentation_stream = self.new_stream(setup.seed, setup.rank, AUGMENTATION_STREAM)
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -187,23 +197,35 @@ class Synthesizer:
         return images
 
     def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise from the synthesizer's own stream."""
-        return torch.randn(*shape, device=self.device, generator=self.generator)
+        """Standard normal noise from the noise stream."""
+        return torch.randn(*shape, device=self.device, generator=self.noise_stream)
 
     def random_labels(self, count: int) -> torch.Tensor:
-        """``count`` labels uniform in [0, C), sorted ascending (only for tidy image grids, §4.4)."""
-        labels = torch.randint(0, self.setup.num_classes, (count,), device=self.device, generator=self.generator)
+        """``count`` labels uniform in [0, C) from the noise stream, sorted ascending (only for
+        tidy image grids, §4.4)."""
+        labels = torch.randint(0, self.setup.num_classes, (count,), device=self.device,
+                               generator=self.noise_stream)
         return labels.sort().values
+
+    def new_stream(self, seed: int, rank: int, stream: int) -> torch.Generator:
+        """A private generator on the run's device, distinct per (seed, rank, stream)."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed * 1_000_003 + 7919 * rank + stream)
+        return generator
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "scaler": self.scaler.state_dict()}
+        return {"noise_stream": self.noise_stream.get_state(),
+                "augmentation_stream": self.augmentation_stream.get_state(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the RNG stream. Checkpoints hold rank 0's state; on resumption other ranks
-        derive their own stream from it and their rank, so any number of ranks can resume."""
-        self.generator.set_state(state["generator"].cpu())
+        """Restore the RNG streams. Checkpoints hold rank 0's state; on resumption other ranks
+        derive their own streams from it and their rank, so any number of ranks can resume."""
+        for name in ("noise_stream", "augmentation_stream"):
+            stream = getattr(self, name)
+            stream.set_state(state[name].cpu())
+            if self.setup.rank > 0:
+                draw = torch.randint(0, 2**62, (1,), generator=stream, device=self.device)
+                stream.manual_seed(int(draw.item()) + self.setup.rank)
         self.scaler.load_state_dict(state["scaler"])
-        if self.setup.rank > 0:
-            draw = torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device)
-            self.generator.manual_seed(int(draw.item()) + self.setup.rank)

@@ -142,9 +142,10 @@ class CMISynthesizer(PooledSynthesizer):
     def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[dict[str, tuple[float, torch.Tensor]], torch.Tensor]:
         """Weighted terms of L for generator output ``images`` (name -> (weight, value)) and ``[hl ‖ hg]``."""
-        global_view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.generator))
+        global_view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING,
+                                                       generator=self.augmentation_stream))
         local_view = self.normalizer(random_resized_crop_flip(images, scale=LOCAL_VIEW_SCALE,
-                                                              generator=self.generator))
+                                                              generator=self.augmentation_stream))
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         teacher_logits = self.teacher_forward(global_view)
         if self.bn_hook is not None:
@@ -158,14 +159,14 @@ class CMISynthesizer(PooledSynthesizer):
                                                             scale_by_temperature_squared=False))
         self.teacher_forward(local_view)
         local_features = self.feature_hook.features
-        cached = self.bank.get(self.negative_count, generator=self.generator)
+        cached = self.bank.get(self.negative_count, generator=self.augmentation_stream)
         terms["cr"] = (self.cr, self.contrastive_term(local_features, global_features, cached))
         return terms, torch.cat([local_features, global_features], dim=1)
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         """``g_steps`` joint steps on a re-initialised generator, its latents and the head (§4.5)."""
         count = self.setup.synthesis_batch_size
-        reset_generator_init(self.image_generator, generator=self.generator)
+        reset_generator_init(self.image_generator, generator=self.noise_stream)
         self.image_generator.train()
         latents = self.randn(count, self.latent_dim).requires_grad_(True)
         targets = self.random_labels(count)

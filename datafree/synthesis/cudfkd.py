@@ -40,7 +40,10 @@ ADVERSARIAL_TEMPERATURE = 3.0
 class CuDFKDSynthesizer(GenerativeSynthesizer):
     """CuDFKD: curriculum generator + self-paced student loss (§5)."""
 
-    #: §5.8 common settings with the main CIFAR-10 resnet34→resnet18 row (B 256 = the cost setting).
+    #: §5.8 common settings and the main CIFAR-10 resnet34→resnet18 row (l1, T 20, adv 0, grad_adv
+    #: 0.5, ramp .25/.75), except B = 256 (the batch of the README's cost figures; the main row
+    #: has 512 and seed 30). λ_0 and α follow the dataset (finalize_options). Other rows, CIFAR-100
+    #: included, differ in several values: their launchers under scripts/cudfkd/ carry them.
     DEFAULTS = {**GENERATIVE_DEFAULTS, "batch_size": 256, "epochs": 250, "ep_steps": 400, "kd_steps": 10,
                 "g_steps": 1, "lr": 0.1, "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512,
                 "oh": 1.0, "bn": 1.0, "act": 0.0, "balance": 20.0, "adv": 0.0,
@@ -157,6 +160,10 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
 
     def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(1/B) Σ v_i ℓ_i`` at the pace of ``kd_step`` (§5.3), with the mean weight and the
+        generated difficulty ``Σ v ℓ / Σ v`` as terms. Like every term these are logged as epoch
+        means over all KD steps; the reference logged the difficulty of the last KD step of each
+        round only, the same quantity with more noise."""
         losses = self.per_sample_loss(student_logits, teacher_logits)
         if self.weight_kind is None:  # curr_option none: the plain batch loss
             return losses.mean(), {}

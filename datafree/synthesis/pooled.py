@@ -57,8 +57,8 @@ class PooledSynthesizer(Synthesizer):
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
         """``B`` pool images through random crop (pad 4) + flip, as float, normalised (§3.5)."""
-        images = self.pool.sample(self.setup.batch_size, generator=self.generator)
-        augmented = random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.generator)
+        images = self.pool.sample(self.setup.batch_size, generator=self.augmentation_stream)
+        augmented = random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.augmentation_stream)
         return self.memory_format(self.normalizer(to_unit_float(augmented)))
 
     def preview_images(self) -> torch.Tensor | None:
