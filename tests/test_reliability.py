@@ -90,7 +90,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(case, bad_input_results):
 
 def kd_command(cifar10_root, teacher_checkpoint, save_dir, *extra):
     return ["datafree_kd.py", *distill_args("dafl", cifar10_root, teacher_checkpoint, save_dir),
-            "--epochs", "3", "--ep_steps", "20", "--kd_steps", "5", "--num_threads", "1", *extra]
+            "--epochs", "3", "--ep_steps", "8", "--kd_steps", "4", "--num_threads", "1", *extra]
 
 
 def wait_for_epochs(run: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
