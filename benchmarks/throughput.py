@@ -14,7 +14,9 @@ not included). The teacher has random weights: speed does not depend on them.
         --batch_size 256 --device cuda --variants fp32,bf16,compile
 
 Prints a Markdown table; ``--out FILE`` also appends it (with the command) to FILE and adds
-its rows to FILE.json beside it.
+its rows to FILE.json beside it. On a machine lent for a limited time, ``--max_minutes`` starts
+no row that would overrun the budget, and the same command rerun with ``--resume`` measures only
+the rows FILE.json does not hold yet.
 """
 from __future__ import annotations
 
@@ -43,6 +45,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def resolve_schedule(method: str, dataset: str, teacher_name: str, student_name: str, variant: str,
+                     extra: list[str]) -> dict:
+    """The resolved datafree_kd options of one row (the method's launcher defaults plus ``extra``)."""
+    precision, compile_student = VARIANTS[variant]
+    argv = ["--method", method, "--dataset", dataset, "--teacher", teacher_name, "--student", student_name,
+            "--precision", precision, *(["--compile"] if compile_student else []), *extra]
+    return datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(argv))
+
+
+def row_identity(row: dict) -> tuple:
+    """What makes two rows measurements of the same thing (``--resume`` skips a row already held)."""
+    return tuple(row[key] for key in ("method", "dataset", "pair", "variant", "batch_size",
+                                      "synthesis_batch_size", "device"))
+
+
 def measure(method: str, dataset: str, teacher_name: str, student_name: str, device: torch.device,
             variant: str, kd_steps: int, synthesis_calls: int, warmup: int, extra: list[str],
             max_g_steps: int | None = None) -> dict:
@@ -52,12 +69,9 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     CPU); the time per iteration is then scaled to the schedule's ``g_steps``.
     """
     precision, compile_student = VARIANTS[variant]
-    argv = ["--method", method, "--dataset", dataset, "--teacher", teacher_name, "--student", student_name,
-            "--precision", precision, *(["--compile"] if compile_student else []), *extra]
-    parser = datafree_kd.build_parser()
-    schedule = datafree_kd.resolve_options(parser.parse_args(argv))  # the full schedule being projected
+    schedule = resolve_schedule(method, dataset, teacher_name, student_name, variant, extra)
     measured = ["--g_steps", str(min(schedule["g_steps"], max_g_steps))] if max_g_steps else []
-    options = datafree_kd.resolve_options(parser.parse_args([*argv, *measured]))
+    options = resolve_schedule(method, dataset, teacher_name, student_name, variant, [*extra, *measured])
     autocast_dtype = engine.resolve_precision(precision, device)
     channels_last = device.type == "cuda"
     engine.seed_everything(0)
@@ -131,7 +145,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_g_steps", type=int, default=None,
                         help="cap synthesis iterations per measured call (time scaled to the schedule)")
     parser.add_argument("--out", default=None, help="append the table to this Markdown file (+ .json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip rows that --out's FILE.json already holds for this device and batch sizes")
+    parser.add_argument("--max_minutes", type=float, default=None,
+                        help="start no row that would end past this budget (estimated by the longest row so "
+                             "far); rerun with --resume for the rest")
     args, extra = parser.parse_known_args(argv)
+    if args.resume and not args.out:
+        raise UsageError("--resume continues the rows of --out FILE; give --out")
     # Every name is checked before the first (possibly long) measurement.
     methods = args.methods.split(",")
     for method in methods:
@@ -155,17 +176,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     earlier = json.loads(json_path.read_text()) if json_path and json_path.is_file() else []
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    held = {row_identity(row) for row in earlier} if args.resume else set()
+    description = engine.device_description(device)
+    planned = []
     for method in methods:
         for teacher_name, student_name in pairs:
             for variant in variants:
-                row = measure(method, args.dataset, teacher_name, student_name, device, variant,
-                              args.kd_steps_measured, args.synthesis_calls, args.warmup, extra,
-                              args.max_g_steps)
-                rows.append({**row, "command": command})
-                print(markdown([row]).splitlines()[-1], flush=True)
-                if json_path:
-                    json_path.write_text(json.dumps(earlier + rows, indent=2))
+                options = resolve_schedule(method, args.dataset, teacher_name, student_name, variant, extra)
+                identity = (method, args.dataset, f"{teacher_name}→{student_name}", variant,
+                            options["batch_size"], options["synthesis_batch_size"], description)
+                if identity not in held:
+                    planned.append((method, teacher_name, student_name, variant))
+    if args.resume:
+        print(f"--resume: {len(planned)} rows to measure ({len(methods) * len(pairs) * len(variants) - len(planned)} "
+              f"already in {json_path})")
+    rows = []
+    start, longest = time.monotonic(), 0.0
+    for method, teacher_name, student_name, variant in planned:
+        elapsed = time.monotonic() - start
+        if args.max_minutes is not None and elapsed + longest > 60 * args.max_minutes:
+            print(f"stopped by --max_minutes {args.max_minutes} after {len(rows)} rows; {len(planned) - len(rows)} "
+                  "left: rerun the same command with --resume")
+            break
+        row = measure(method, args.dataset, teacher_name, student_name, device, variant,
+                      args.kd_steps_measured, args.synthesis_calls, args.warmup, extra,
+                      args.max_g_steps)
+        longest = max(longest, time.monotonic() - start - elapsed)
+        rows.append({**row, "command": command})
+        print(markdown([row]).splitlines()[-1], flush=True)
+        if json_path:
+            json_path.write_text(json.dumps(earlier + rows, indent=2))
+    if not rows:
+        return rows
     table = markdown(rows)
     print(table)
     if out:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -49,3 +50,34 @@ def test_commands_sharing_an_output_accumulate_rows_and_bad_names_fail_before_me
         with pytest.raises(UsageError, match=valid):
             throughput.main([*common, *bad])
     assert len(json.loads((tmp_path / "table.md.json").read_text())) == 2  # nothing measured
+
+
+def test_max_minutes_stops_before_overrunning_and_resume_measures_only_the_rest(tmp_path, tiny_teacher, monkeypatch):
+    """A device lent for minutes: the budget check starts no row that the longest row so far says
+    would overrun, and the same command with --resume measures only the rows FILE.json lacks."""
+    out = tmp_path / "table.md"
+    command = ["--methods", "dafl,zskt", "--pairs", "tiny_cnn:tiny_cnn", "--device", "cpu", "--variants", "fp32",
+               "--kd_steps_measured", "1", "--synthesis_calls", "1", "--warmup", "0", "--max_g_steps", "1",
+               "--out", str(out), "--batch_size", "4", "--ngf", "8"]
+    measured: list[str] = []
+    original = throughput.measure
+
+    def slow_measure(method, *args, **kwargs):
+        measured.append(method)
+        time.sleep(0.3)   # every row takes at least 0.3 s, so a second one cannot fit in 0.5 s
+        return original(method, *args, **kwargs)
+
+    monkeypatch.setattr(throughput, "measure", slow_measure)
+    rows = throughput.main([*command, "--max_minutes", str(0.5 / 60)])
+    assert [row["method"] for row in rows] == measured == ["dafl"]
+    rows = throughput.main([*command, "--resume"])
+    assert [row["method"] for row in rows] == ["zskt"] and measured == ["dafl", "zskt"]
+    assert throughput.main([*command, "--resume"]) == [] and measured == ["dafl", "zskt"]
+    held = json.loads((tmp_path / "table.md.json").read_text())
+    assert [row["method"] for row in held] == ["dafl", "zskt"]
+    assert out.read_text().count("| method | pair |") == 2   # nothing appended when nothing is measured
+    throughput.main([*command, "--methods", "dafl"])   # without --resume a row is measured again
+    assert measured[-1] == "dafl"
+    with pytest.raises(UsageError, match="give --out"):
+        throughput.main([arg for arg in command if arg not in ("--out", str(out))] + ["--resume"])
+

@@ -28,19 +28,20 @@ SYNCING_METHODS = ("item", "__bool__", "__float__", "__int__", "tolist")
 KD_STEPS = 3
 
 
-def build(method: str, cifar10_root, tiny_teacher, tmp_path):
+def build(method: str, cifar10_root, tiny_teacher, tmp_path, device: str = "cpu",
+          autocast_dtype: torch.dtype | None = None, channels_last: bool = False):
+    """Teacher and training parts of a tiny run, as the driver builds them (also used on CUDA)."""
     args = datafree_kd.build_parser().parse_args([
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
         "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path / "run"),
-        "--device", "cpu", "--batch_size", "8", "--ep_steps", str(KD_STEPS), "--kd_steps", str(KD_STEPS),
+        "--device", device, "--batch_size", "8", "--ep_steps", str(KD_STEPS), "--kd_steps", str(KD_STEPS),
         "--g_steps", "2", "--ngf", "8", "--bank_size", "64", "--n_neg", "16",
         # CuDFKD: adversarial weight on from epoch 0, so its student query is exercised too.
         *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)
-    device = torch.device("cpu")
-    teacher = datafree_kd.load_teacher(options, device, channels_last=False)
-    parts = datafree_kd.build_training(options, teacher, DistributedContext(), device,
-                                       autocast_dtype=None, channels_last=False)
+    teacher = datafree_kd.load_teacher(options, torch.device(device), channels_last=channels_last)
+    parts = datafree_kd.build_training(options, teacher, DistributedContext(), torch.device(device),
+                                       autocast_dtype=autocast_dtype, channels_last=channels_last)
     return teacher, parts
 
 
