@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for teacher_name, student_name in pairs:
             for variant in variants:
                 options = resolve_schedule(method, args.dataset, teacher_name, student_name, variant, extra)
-                identity = (method, args.dataset, f"{teacher_name}→{student_name}", variant,
-                            options["batch_size"], options["synthesis_batch_size"], description)
+                identity = row_identity({"method": method, "dataset": args.dataset, "variant": variant,
+                                         "pair": f"{teacher_name}→{student_name}", "device": description,
+                                         "batch_size": options["batch_size"],
+                                         "synthesis_batch_size": options["synthesis_batch_size"]})
                 if identity not in held:
                     planned.append((method, teacher_name, student_name, variant))
     if args.resume:
