@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -27,6 +26,7 @@ import datafree_kd
 import registry
 from conftest import REPO, distill_args
 from datafree import engine
+from test_distributed import run_two_ranks
 from test_hot_loop import KD_STEPS, build
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -114,12 +114,6 @@ def test_deterministic_runs_repeat_bit_for_bit(tmp_path, cifar10_root, teacher_c
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_two_rank_nccl_run_keeps_ranks_identical(tmp_path, cifar10_root, teacher_checkpoint):
-    run = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "datafree_kd.py", *distill_args("cudfkd", cifar10_root, teacher_checkpoint, run),
-               "--device", "cuda", "--epochs", "2", "--ngf", "8"]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fingerprints = dict(re.findall(r"rank (\d) student fingerprint: (\S+)", result.stdout))
-    assert set(fingerprints) == {"0", "1"} and fingerprints["0"] == fingerprints["1"]
+    fingerprints = run_two_ranks([*distill_args("cudfkd", cifar10_root, teacher_checkpoint, tmp_path / "ddp"),
+                                  "--device", "cuda", "--epochs", "2", "--ngf", "8"])
+    assert fingerprints["0"] == fingerprints["1"]
