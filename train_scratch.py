@@ -10,34 +10,48 @@ where ``datafree_kd.py`` looks for teachers by default.
 
 Resumption is exact: the order of the training set in epoch e and the augmentation of step s
 are drawn from generators seeded by (seed, e) and (seed, e, s), so a run stopped anywhere
-(``--max_minutes``, SIGINT/SIGTERM, kill -9 after the last checkpoint) and resumed with
-``--resume`` reaches the same weights as an uninterrupted one.
+(``--max_minutes``, SIGINT/SIGTERM, kill -9 after the first checkpoint, which is written before
+the first step) and resumed with ``--resume`` reaches the same weights as an uninterrupted one.
+Resumption, stops, logging and checkpoints are :class:`datafree.run.RunLifecycle`, shared with
+``datafree_kd.py``.
 """
 from __future__ import annotations
 
-import argparse
-import json
+from datafree import signals  # no torch: catches SIGINT / SIGTERM while the rest imports
+
+if __name__ == "__main__":
+    signals.catch_early()
+
+import argparse  # noqa: E402
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import registry
-from datafree import engine
 from datafree.augment import random_crop_flip, to_unit_float
-from datafree.cli import add_common_arguments, check_resume_config, resolved_config, resume_hint
-from datafree.data import TensorLoader, download, load_split
+from datafree.checkpoints import write_error
+from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, resolved_config, run_cli
+from datafree.data import DatasetError, TensorLoader, download, load_split
 from datafree.errors import UsageError
+from datafree.evaluation import evaluate
 from datafree.models import Normalizer
+from datafree.numerics import Numerics, autocast, environment_info, resolve_device, to_memory_format
+from datafree.run import EpochMeter, RunLifecycle
+from datafree.seeding import derived_generator, seed_everything
+from datafree.signals import StopRequest
+from datafree.stopping import all_finite
+
+START = {"epoch": 0, "step": 0}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a CIFAR classifier from scratch (teacher or baseline).")
+    parser = ArgumentParser(description="Train a CIFAR classifier from scratch (teacher or baseline).")
     parser.add_argument("--model", required=True, help="resnet18 resnet34 vgg11 wrn16_1 wrn16_2 wrn40_1 wrn40_2")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=256)
@@ -52,12 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """Validate and fill defaults that depend on other arguments."""
+def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate every argument and fill the defaults that depend on others (before anything is created)."""
     registry.get_dataset(args.dataset)
     registry.lookup(registry.CLASSIFIERS, args.model, "model")
-    engine.require_positive(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            log_interval=args.log_interval)
     try:
         milestones = [int(m) for m in str(args.milestones).split(",") if m.strip()]
     except ValueError as error:
@@ -67,169 +79,131 @@ def resolve_arguments(args: argparse.Namespace) -> argparse.Namespace:
         args.save_dir = f"runs/scratch/{args.dataset}_{args.model}_seed{args.seed}"
     if args.pretrained_path is None:
         args.pretrained_path = f"checkpoints/pretrained/{args.dataset}_{args.model}.pth"
-    return args
+    pretrained = Path(args.pretrained_path)
+    if pretrained.is_dir() or any(parent.exists() and not parent.is_dir() for parent in pretrained.parents):
+        raise UsageError(f"--pretrained_path {pretrained} must be a file path (it is a directory or lies under a "
+                         "file); pass e.g. checkpoints/pretrained/<dataset>_<model>.pth")
+    options = resolved_config(args)
+    check_numbers(options)
+    return options
 
 
-def load_data(args: argparse.Namespace, device: torch.device):
+def load_data(options: dict[str, Any], device: torch.device):
     """Both CIFAR splits as uint8 tensors on ``device`` (§2.1); downloads when asked."""
-    if args.download:
-        download(args.data_root, args.dataset)
-    train_images, train_labels = load_split(args.data_root, args.dataset, "train")
-    test_images, test_labels = load_split(args.data_root, args.dataset, "test")
-    return (train_images.to(device), train_labels.to(device), test_images.to(device), test_labels.to(device))
+    if options["download"]:
+        download(options["data_root"], options["dataset"])
+    splits = [load_split(options["data_root"], options["dataset"], split) for split in ("train", "test")]
+    for split, (images, _) in zip(("train", "test"), splits):
+        if images.shape[0] == 0:
+            raise DatasetError(f"{options['dataset']}: the {split} split under {options['data_root']} holds no image")
+    (train_images, train_labels), (test_images, test_labels) = splits
+    return train_images.to(device), train_labels.to(device), test_images.to(device), test_labels.to(device)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = resolve_arguments(build_parser().parse_args(argv))
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    device = engine.resolve_device(args.device)
-    autocast_dtype = engine.resolve_precision(args.precision, device)
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
-    engine.configure_backends(device, args.deterministic)  # before any CUDA kernel runs
-    info = registry.get_dataset(args.dataset)
-    config = resolved_config(args)
+    options = resolve_options(build_parser().parse_args(argv))
+    if options["num_threads"]:
+        torch.set_num_threads(options["num_threads"])
+    with StopRequest() as stop:  # from here on, SIGINT / SIGTERM stop cleanly, set-up included
+        return train(options, resolve_device(options["device"]), stop)
 
-    train_images, train_labels, test_images, test_labels = load_data(args, device)
-    run_dir = engine.prepare_run_directory(args.save_dir, args.resume, args.overwrite)
-    checkpoint = None
-    if args.resume:
-        checkpoint = engine.load_checkpoint(run_dir / "last.pth")
-        check_resume_config(checkpoint["config"], config)
-    engine.seed_everything(args.seed)
-    model = engine.to_memory_format(registry.get_model(args.model, info.num_classes).to(device), channels_last)
+
+def train(options: dict[str, Any], device: torch.device, stop: StopRequest) -> dict[str, Any]:
+    """Validate inputs, open the run, build the model, run the epochs, publish the teacher."""
+    numerics = Numerics.from_options(options, device)  # before any CUDA kernel runs
+    info = registry.get_dataset(options["dataset"])
+    train_images, train_labels, test_images, test_labels = load_data(options, device)
+    identity = {"arch": options["model"], "num_classes": info.num_classes, "dataset": options["dataset"]}
+    run = RunLifecycle(options, "scratch_run", identity, device, stop)
+    run.open({**options, "environment": environment_info(device)})
+    print(f"config: {options}")
+    seed_everything(options["seed"])
+    model = to_memory_format(registry.get_model(options["model"], info.num_classes).to(device),
+                             numerics.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=options["lr"], momentum=options["momentum"],
+                                weight_decay=options["weight_decay"], foreach=True)
+    milestones = [int(m) for m in options["milestones"].split(",") if m]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=options["gamma"])
+    scaler = torch.amp.GradScaler(device.type, enabled=numerics.autocast_dtype == torch.float16)
+    states = {"state_dict": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    position = run.attach(states, model, START)
+    if stop.requested:  # a signal during set-up: stop at once, resumable from the first last.pth
+        return run.interrupt(0, None)
+    test_batches = TensorLoader(test_images, test_labels, batch_size=options["batch_size"], shuffle=False,
+                                augment=False, mean=info.mean, std=info.std, channels_last=numerics.channels_last)
     normalizer = Normalizer(info.mean, info.std).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, foreach=True)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[int(m) for m in args.milestones.split(",") if m], gamma=args.gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    while position["epoch"] < options["epochs"]:
+        epoch = position["epoch"]
+        meter = run.begin_epoch()
+        model.train()
+        if train_epoch(options, model, (train_images, train_labels), normalizer, states, run, meter, numerics):
+            return run.interrupt(epoch, meter)
+        run.check_losses(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        position.update(epoch=epoch + 1, step=0)
+        record = {"lr": lr}
+        record = run.end_epoch(epoch, meter, record, lambda: evaluate(model, test_batches))
+        print(f"  train loss {record['train_loss']:.3f}, {record['images_per_second']:.0f} img/s")
+    result = run.finish({"model": options["model"], "dataset": options["dataset"]})
+    publish_teacher(run, Path(options["pretrained_path"]))
+    return result
 
-    start_epoch, start_step, best_acc1 = 0, 0, 0.0
-    partial: dict[str, float] = {}
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        engine.restore_rng_state(checkpoint["rng"])
-        start_epoch, start_step = checkpoint["epoch"], checkpoint["step_in_epoch"]
-        best_acc1, partial = checkpoint["best_acc1"], checkpoint["partial_epoch"]
-        print(f"resuming {run_dir} at epoch {start_epoch}, step {start_step}")
-    else:
-        engine.write_config(run_dir, {**config, "environment": engine.environment_info(device)})
-    print(f"config: {config}")
 
-    logger = engine.MetricsLogger(run_dir, start_epoch)
-    budget = engine.TimeBudget(args.max_minutes)
-    watch = engine.LossWatch(device)
-    steps_per_epoch = math.ceil(train_images.shape[0] / args.batch_size)
-    test_batches = TensorLoader(test_images, test_labels, batch_size=args.batch_size, shuffle=False,
-                                augment=False, mean=info.mean, std=info.std, channels_last=channels_last)
+def train_epoch(options: dict[str, Any], model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
+                normalizer: nn.Module, states: dict[str, Any], run: RunLifecycle, meter: EpochMeter,
+                numerics: Numerics) -> bool:
+    """The steps of one epoch from ``run.position``; True when a stop was requested mid-epoch."""
+    images_all, labels_all = data
+    position, device, batch_size = run.position, numerics.device, options["batch_size"]
+    optimizer, scaler = states["optimizer"], states["scaler"]
+    epoch = position["epoch"]
+    order = torch.randperm(images_all.shape[0],
+                           generator=derived_generator(torch.device("cpu"), options["seed"], epoch)).to(device)
+    steps = math.ceil(images_all.shape[0] / batch_size)
+    for step in tqdm(range(position["step"], steps), desc=f"epoch {epoch}", leave=False,
+                     disable=not options["progress"], initial=position["step"], total=steps):
+        indices = order[step * batch_size:(step + 1) * batch_size]
+        generator = derived_generator(device, options["seed"], epoch, step)
+        images = normalizer(to_unit_float(random_crop_flip(images_all[indices], padding=4, generator=generator)))
+        if numerics.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels_all[indices]
+        with autocast(device, numerics.autocast_dtype):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        if options["nan_policy"] != "skip" or all_finite(iter([loss])):
+            run.observe(step, {"cross_entropy": loss})
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            accuracy = 100.0 * (logits.detach().argmax(1) == labels).float().mean()
+            meter.add({"train_loss": loss, "train_acc1": accuracy}, weight=labels.shape[0])
+            meter.images += labels.shape[0]
+        position["step"] = step + 1
+        if (step + 1) % options["log_interval"] == 0:
+            run.check_losses(epoch)
+        if run.should_stop() and step + 1 < steps:
+            return True
+    return False
 
-    def save_last(epoch: int, step: int, sums: dict[str, float]) -> None:
-        engine.atomic_save({
-            "format": engine.CHECKPOINT_FORMAT, "kind": "scratch_run", "arch": args.model,
-            "num_classes": info.num_classes, "dataset": args.dataset,
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "step_in_epoch": step, "best_acc1": best_acc1, "partial_epoch": sums,
-            "rng": engine.capture_rng_state(), "config": config}, run_dir / "last.pth")
 
-    wall_start = time.time()
-    record: dict[str, Any] = {}
-    with engine.StopRequest() as stop:
-        for epoch in range(start_epoch, args.epochs):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            order = torch.randperm(train_images.shape[0],
-                                   generator=engine.derived_generator(torch.device("cpu"), args.seed, epoch))
-            order = order.to(device)
-            sums = partial or {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
-            partial = {}
-            loss_sum = torch.tensor(sums["loss"], device=device)
-            correct = torch.tensor(sums["correct"], device=device)
-            seen, seconds = sums["seen"], sums["seconds"]
-            watch.reset()
-            model.train()
-            first = start_step if epoch == start_epoch else 0
-            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch}", leave=False,
-                       disable=not args.progress, initial=first, total=steps_per_epoch)
-            step_start = time.perf_counter()
-            for step in bar:
-                indices = order[step * args.batch_size:(step + 1) * args.batch_size]
-                generator = engine.derived_generator(device, args.seed, epoch, step)
-                images = random_crop_flip(train_images[indices], padding=4, generator=generator)
-                images = normalizer(to_unit_float(images))
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = train_labels[indices]
-                with engine.autocast(device, autocast_dtype):
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels)
-                skip = args.nan_policy == "skip" and not engine.all_finite(iter([loss]))
-                if not skip:
-                    watch.observe(step, {"cross_entropy": loss})
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    loss_sum += loss.detach() * labels.shape[0]
-                    correct += (logits.detach().argmax(1) == labels).sum()
-                    seen += labels.shape[0]
-                if (step + 1) % args.log_interval == 0:
-                    watch.check(epoch)
-                    bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.3f}")
-                if stop.requested or budget.exhausted():
-                    watch.check(epoch)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    seconds += time.perf_counter() - step_start
-                    save_last(epoch, step + 1, {"loss": loss_sum.item(), "correct": correct.item(),
-                                                "seen": seen, "seconds": seconds})
-                    reason = stop.signal_name or f"--max_minutes {args.max_minutes}"
-                    print(f"stopped by {reason} at epoch {epoch}, step {step + 1}; "
-                          f"checkpoint {run_dir / 'last.pth'}; continue with: {resume_hint()}")
-                    logger.close()
-                    return {"stopped": True, "epoch": epoch, "step": step + 1, "run_dir": str(run_dir)}
-            watch.check(epoch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds += time.perf_counter() - step_start
-
-            evaluation = engine.evaluate(model, test_batches, autocast_dtype)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            is_best = evaluation["acc1"] > best_acc1
-            best_acc1 = max(best_acc1, evaluation["acc1"])
-            record = {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1),
-                      "train_acc1": 100.0 * correct.item() / max(seen, 1), **evaluation, "lr": lr,
-                      "best_acc1": best_acc1, "epoch_seconds": seconds,
-                      "images_per_second": seen / max(seconds, 1e-9)}
-            memory = engine.peak_memory_mb(device)
-            if memory is not None:
-                record["peak_memory_mb"] = memory
-            logger.log(record)
-            print(f"[Eval] Epoch={epoch} Acc@1={evaluation['acc1']:.2f} Acc@5={evaluation['acc5']:.2f} "
-                  f"Loss={evaluation['loss']:.4f} Lr={lr:.4g} Best={best_acc1:.2f} "
-                  f"({seconds:.1f}s, {record['images_per_second']:.0f} img/s)")
-            if is_best:
-                engine.save_classifier(run_dir / "best.pth", model, args.model, info.num_classes,
-                                       args.dataset, epoch=epoch, acc1=evaluation["acc1"])
-            save_last(epoch + 1, 0, {})
-    logger.close()
-    summary = {"best_acc1": best_acc1, "last_acc1": record.get("acc1"),
-               "wall_seconds_this_session": time.time() - wall_start}
-    pretrained = Path(args.pretrained_path)
-    pretrained.parent.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "best.pth").exists():
-        temporary = pretrained.with_name(pretrained.name + ".tmp")
-        shutil.copyfile(run_dir / "best.pth", temporary)
+def publish_teacher(run: RunLifecycle, pretrained: Path) -> None:
+    """Copy the best weights to ``pretrained`` (atomically), where datafree_kd.py looks for teachers."""
+    best = run.run_dir / "best.pth"
+    if not best.exists():
+        return
+    temporary = pretrained.with_name(pretrained.name + ".tmp")
+    try:
+        pretrained.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, temporary)
         temporary.replace(pretrained)
-        print(f"Best Acc@1={best_acc1:.2f}; teacher saved to {pretrained}")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"stopped": False, **summary, "run_dir": str(run_dir)}
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(pretrained, error, kept=pretrained.exists()) from None
+    print(f"Best Acc@1={run.best_acc1:.2f}; teacher saved to {pretrained}")
 
 
 if __name__ == "__main__":
-    engine.run_cli(main)
+    run_cli(main)

@@ -1,25 +1,87 @@
 """Command-line pieces shared by ``train_scratch.py`` and ``datafree_kd.py``.
 
-Configuration flows one way: argparse -> :func:`resolved_config` (a plain dict, dumped as
-``config.yaml``) -> plain constructor arguments. ``--resume`` re-reads that file and refuses
-to continue with different training settings (:func:`check_resume_config`), so a resumed run
-is the same run.
+Configuration flows one way: argparse -> :func:`resolved_config` (a plain dict, validated by
+:func:`check_numbers`, dumped as ``config.yaml``) -> plain constructor arguments. ``--resume``
+re-reads that file and refuses to continue with settings that change what the run computes
+(:func:`check_resume_config`); paths and where the run lives do not count, so a run directory
+that was moved, or named with a trailing slash, resumes.
+
+:func:`run_cli` turns every foreseeable error into one line on stderr: exit code 2 for bad
+input (and for a failed write or an allocation the machine cannot hold), 3 for a non-finite loss.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from datafree.errors import UsageError
+import torch
+
+from datafree.errors import NonFiniteLossError, UsageError
+from datafree.seeding import MAX_SEED
 
 #: Arguments that may differ between an interrupted run and its resumption: they change
-#: where and how fast a run goes, not what it computes.
+#: where and how fast a run goes, or where its inputs live, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
-                          "download", "log_interval", "num_threads", "nan_policy", "deterministic"})
+                          "download", "log_interval", "num_threads", "nan_policy", "deterministic", "save_dir",
+                          "teacher_ckpt", "pretrained_path", "environment", "world_size"})
+
+#: Numeric options that must be > 0, >= 0, or in [0, 1) (any option also has to be finite).
+POSITIVE = frozenset({"epochs", "batch_size", "synthesis_batch_size", "ep_steps", "kd_steps", "g_steps", "lr",
+                      "lr_g", "T", "log_interval", "nz", "ngf", "num_threads", "max_minutes", "gamma"})
+NON_NEGATIVE = frozenset({"momentum", "weight_decay", "warmup", "eta_min"})
+HALF_OPEN_UNIT = frozenset({"beta1", "beta2"})
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a command-line ``main`` and turn foreseeable errors into one line + an exit code."""
+    try:
+        main(argv)
+    except UsageError as error:
+        fail(str(error), 2)
+    except NonFiniteLossError as error:
+        fail(str(error), 3)
+    except torch.OutOfMemoryError as error:
+        fail(f"out of memory ({first_line(error)}); lower --batch_size / --synthesis_batch_size, then run the same "
+             "command with --resume", 2)
+    except MemoryError:
+        fail("out of memory; lower --batch_size / --synthesis_batch_size, then run the same command with --resume", 2)
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+            raise
+        fail(f"out of memory ({first_line(error)}); lower --batch_size / --synthesis_batch_size, then run the same "
+             "command with --resume", 2)
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        fail(f"cannot access{where} ({error.strerror or type(error).__name__}); check the path, its permissions "
+             "and the free space", 2)
+    except KeyboardInterrupt:
+        fail("interrupted by a second signal; last.pth keeps the state of the last checkpoint", 130)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UsageError, printed by :func:`run_cli`) and without
+    abbreviations: ``--epoch 3`` is refused, not silently taken as ``--epochs 3``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +93,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default $DATAFREE_DATA_ROOT or ./data)")
     group.add_argument("--download", action="store_true",
                        help="download the dataset into --data_root if it is missing")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help=f"random seed, 0 ≤ seed ≤ {MAX_SEED}")
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    group.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                       help="autocast dtype of forward passes; auto = bf16 on CUDA, fp32 on CPU")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="fp32 (default): the reference numerics, FP32 with cuDNN's TF32 convolutions as "
+                            "PyTorch sets them (METHODS.md §7 item 22); bf16 / fp16: autocast of the forward "
+                            "passes, faster, accuracy parity not yet measured. Evaluation always runs in fp32")
     group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
                        help="channels_last memory format; auto = on for CUDA")
     group.add_argument("--compile", action="store_true", help="torch.compile the student (falls back to eager)")
@@ -44,7 +108,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                             "GPU runs, slower")
     group.add_argument("--save_dir", default=None, help="run directory (default under runs/)")
     group.add_argument("--resume", action="store_true", help="continue the run in --save_dir from last.pth")
-    group.add_argument("--overwrite", action="store_true", help="replace a run already in --save_dir")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace a run already in --save_dir (deletes only the files it wrote)")
     group.add_argument("--max_minutes", type=float, default=None,
                        help="stop cleanly with a checkpoint after this many minutes (resume later)")
     group.add_argument("--no_progress", dest="progress", action="store_false", help="no tqdm bars")
@@ -60,8 +125,31 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
 
 
+def check_numbers(options: dict[str, Any]) -> None:
+    """One-line UsageError for the first numeric option that is not finite or out of its range.
+
+    Runs before anything is created. Every number must be finite; :data:`POSITIVE` options
+    > 0, :data:`NON_NEGATIVE` options >= 0, Adam betas in [0, 1), the seed in [0, 2**63 − 1].
+    Method-specific ranges are checked by the method's ``check_options``.
+    """
+    for key, value in options.items():
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"--{key} must be a finite number, got {value}")
+        if key in POSITIVE and value <= 0:
+            raise UsageError(f"--{key} must be positive, got {value}")
+        if key in NON_NEGATIVE and value < 0:
+            raise UsageError(f"--{key} must be >= 0, got {value}")
+        if key in HALF_OPEN_UNIT and not 0 <= value < 1:
+            raise UsageError(f"--{key} must be in [0, 1), got {value}")
+    seed = options.get("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+
+
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to resume a run with settings that change what it computes."""
+    """Refuse to resume a run with settings that change what it computes (paths do not count)."""
     differences = [f"{key} (saved {saved.get(key)!r}, given {current.get(key)!r})"
                    for key in sorted(set(saved) | set(current))
                    if key not in RUNTIME_KEYS and saved.get(key) != current.get(key)]

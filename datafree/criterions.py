@@ -198,13 +198,14 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- adversarial terms
 def adversarial_kl_masked(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
-                          scale_by_temperature_squared: bool = True) -> torch.Tensor:
-    """Masked adversarial KL of CMI (§4.5) and CuDFKD ``adv_type kl`` (§5.2).
+                          scale_by_temperature_squared: bool = True, mask: bool = True) -> torch.Tensor:
+    """Masked adversarial KL of CMI (§4.5), CuDFKD ``adv_type kl`` (§5.2), Fast and NAYER (§10.4, §11.5).
 
         L_adv = −(1/B) Σ_i m_i · w · KL(σ(t_i/τ) ‖ σ(s_i/τ)),   m_i = [argmax s_i == argmax t_i],
 
     with ``w = τ²`` when ``scale_by_temperature_squared`` else ``w = 1``. Only samples on which
     student and teacher still agree push the generator (the mean is over all B samples).
+    ``mask=False`` sets every ``m_i = 1`` (AdaDFKD, §12.4).
 
     * CuDFKD: ``temperature=3`` with the ×τ² (= ×9) scaling (§5.2);
     * CMI: ``temperature=1`` without scaling (§4.5) — at τ = 1 both settings coincide, so the
@@ -212,10 +213,12 @@ def adversarial_kl_masked(student_logits: torch.Tensor, teacher_logits: torch.Te
 
     The mask is a comparison of argmaxes and carries no gradient.
     """
-    agreement_mask = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).to(student_logits.dtype)
     per_sample = kl_divergence(student_logits, teacher_logits, temperature, reduction="none").sum(dim=1)
     if not scale_by_temperature_squared:
         per_sample = per_sample / (temperature ** 2)
+    if not mask:
+        return -per_sample.mean()
+    agreement_mask = (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).to(student_logits.dtype)
     return -(agreement_mask * per_sample).mean()
 
 

@@ -3,7 +3,10 @@
 * :data:`DATASETS` holds the §2.1 constants (class count, the exact mean/std the teachers were
   trained with) and the official python-pickle layout that torchvision downloads.
 * :func:`load_split` reads one split into a uint8 tensor once; anything wrong on disk raises
-  :class:`DatasetError`, whose one-line message shows the expected layout and the fix.
+  :class:`DatasetError`, whose one-line message shows the expected layout and the fix. The
+  pickles are read by :class:`CifarUnpickler`, which admits only what the official archives
+  hold (NumPy arrays and dtypes, lists, dicts, bytes, str, int): a file that asks for anything
+  else (e.g. a function to call) is refused in one line without running it.
 * :func:`download` fetches and verifies the official archive, only when ``--download`` asks for
   it (§2.1 [CLEAN]: never download at run time unless a flag asks for it).
 * :class:`TensorLoader` replaces a DataLoader with workers: the whole split lives on the
@@ -117,6 +120,28 @@ def dataset_info(dataset: str) -> DatasetInfo:
 
 
 # ----------------------------------------------------------------------------- reading
+class CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that can only rebuild the contents of the official CIFAR files.
+
+    Plain containers and numbers need no global; the only globals admitted are those that
+    rebuild NumPy arrays, dtypes and scalars, and ``_codecs.encode`` / ``bytes`` (how Python 3
+    pickles ``bytes`` at protocol 2). Anything else (``os.system``, ``builtins.eval``, ...) raises
+    :class:`pickle.UnpicklingError` before it is looked up, so nothing in the file runs.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR file never holds")
+        return super().find_class(module, name)
+
+
 def _normalise_keys(content: Mapping[Any, Any]) -> dict[str, Any]:
     """Pickle dict with ``str`` or ``bytes`` keys -> dict with ``str`` keys."""
     return {(key.decode("latin1") if isinstance(key, bytes) else str(key)): value for key, value in content.items()}
@@ -129,7 +154,12 @@ def _read_batch_file(info: DatasetInfo, root: Path, path: Path) -> tuple[np.ndar
     try:
         with open(path, "rb") as handle:
             # latin1 decodes Python-2 strings of the official files; numpy arrays survive it.
-            content = pickle.load(handle, encoding="latin1")
+            content = CifarUnpickler(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as error:
+        if "CIFAR file never holds" in str(error):
+            raise _dataset_error(info, root, f"file {path} is refused without being run: {error} (a tampered or "
+                                             "foreign file); delete it and download the dataset again") from None
+        raise _dataset_error(info, root, f"file {path} is truncated or not a CIFAR pickle ({error})") from None
     except Exception as error:  # truncated or foreign files raise many different exceptions
         raise _dataset_error(info, root, f"file {path} is truncated or not a CIFAR pickle "
                                          f"({type(error).__name__}: {error})") from error

@@ -32,12 +32,17 @@ class DistributedContext:
         return self.world_size > 1
 
 
+def world_size_from_environment() -> int:
+    """The number of ranks torchrun started (1 for a plain process)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def init_from_environment(device_name: str | None) -> tuple[DistributedContext, str | None]:
     """Start the process group if launched by torchrun; returns the context and the device name.
 
     Under torchrun on CUDA each process uses ``cuda:LOCAL_RANK``.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = world_size_from_environment()
     if world_size <= 1:
         return DistributedContext(), device_name
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -3,7 +3,7 @@
 Every user mistake the benchmark can foresee (unknown names, inconsistent sizes, a wrong
 checkpoint, a missing dataset, a run directory that already holds a run) raises a subclass
 of :class:`UsageError`. The command-line entry points catch it, print ``error: <message>``
-and exit with status 2 (see :func:`datafree.engine.run_cli`).
+and exit with status 2 (see :func:`datafree.cli.run_cli`).
 """
 
 

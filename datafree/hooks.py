@@ -45,11 +45,27 @@ class BatchNormStatisticsHook:
     teacher's KD-step forwards) record nothing, so they cost no extra work; reading ``.loss``
     after such a forward raises ``RuntimeError``. Pass ``False`` to always compute.
 
+    **Momentum** (Fast §10.4, NAYER §11.5; ``momentum = m > 0``): after :meth:`update_momentum`
+    has been called once, the batch statistics are blended with buffers ``(μ̄_j, σ̄²_j)`` of past
+    batches before the comparison,
+
+        r_j = ‖σ̂²_j − ((1−m)σ²_j + m·σ̄²_j)‖₂ + ‖μ̂_j − ((1−m)μ_j + m·μ̄_j)‖₂,
+
+    so the current batch is asked to make the running mixture of batches match the teacher.
+    :meth:`update_momentum` (once per synthesis) sets the buffers from the statistics of the
+    latest recorded forward the first time, then blends ``m·old + (1−m)·latest`` (detached).
+    With ``m = 0`` (default) the hook is the plain §3.2 loss.
+
     Use as a context manager or call :meth:`remove` to detach the hooks.
     """
 
-    def __init__(self, model: nn.Module, skip_without_grad: bool = True) -> None:
+    def __init__(self, model: nn.Module, skip_without_grad: bool = True, momentum: float = 0.0) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.skip_without_grad = skip_without_grad
+        self.momentum = momentum
+        self.latest: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # detached (mean, var) per layer
+        self.blended: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (μ̄_j, σ̄²_j), after an update
         self.layers: list[nn.BatchNorm2d] = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no BatchNorm2d layer to hook")
@@ -74,6 +90,12 @@ class BatchNormStatisticsHook:
             activations = inputs[0]
             activations = activations.to(torch.promote_types(activations.dtype, torch.float32))
             variance, mean = torch.var_mean(activations, dim=(0, 2, 3), unbiased=False)
+            if self.momentum:
+                self.latest[index] = (mean.detach(), variance.detach())
+                if self.blended is not None:
+                    past_mean, past_variance = self.blended[index]
+                    mean = (1 - self.momentum) * mean + self.momentum * past_mean
+                    variance = (1 - self.momentum) * variance + self.momentum * past_variance
             self.layer_losses[index] = (torch.linalg.vector_norm(layer.running_var - variance)
                                         + torch.linalg.vector_norm(layer.running_mean - mean))
 
@@ -86,6 +108,34 @@ class BatchNormStatisticsHook:
             raise RuntimeError("no BN statistics recorded: run a forward of the hooked model with "
                                "gradients enabled (or build the hook with skip_without_grad=False)")
         return torch.stack(list(self.layer_losses.values())).sum()
+
+    def update_momentum(self) -> None:
+        """Blend the latest recorded batch statistics into the momentum buffers (§10.4).
+
+        Called once after each synthesis; the first call copies the statistics, later calls keep
+        ``m·old + (1−m)·latest``. Does nothing without momentum or before any recorded forward.
+        """
+        if not self.momentum or len(self.latest) != len(self.layers):
+            return
+        latest = [self.latest[index] for index in range(len(self.layers))]
+        if self.blended is None:
+            self.blended = [(mean.clone(), variance.clone()) for mean, variance in latest]
+        else:
+            m = self.momentum
+            self.blended = [(m * old_mean + (1 - m) * mean, m * old_variance + (1 - m) * variance)
+                            for (old_mean, old_variance), (mean, variance) in zip(self.blended, latest)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The momentum buffers (empty lists before the first update)."""
+        blended = self.blended or []
+        return {"mean": [mean.cpu() for mean, _ in blended], "var": [variance.cpu() for _, variance in blended]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state["mean"]:
+            self.blended = None
+            return
+        device = self.layers[0].running_mean.device
+        self.blended = [(mean.to(device), variance.to(device)) for mean, variance in zip(state["mean"], state["var"])]
 
     def remove(self) -> None:
         """Detach all hooks from the model."""

@@ -361,7 +361,7 @@ def run_sort_key(run: Run) -> tuple[tuple[int, str], tuple[int, str], tuple[int,
 def run_quantities(run: Run, burn_in: int, tail_drop: int) -> dict[str, Any]:
     """Everything reported for one run: :func:`stats` plus memory (GB), time (h), fidelity.
 
-    Memory is converted with 1 GB = 1024 MB (the MB logged by the engine are MiB from
+    Memory is converted with 1 GB = 1024 MB (the MB logged by the run lifecycle are MiB from
     ``torch.cuda.max_memory_allocated``), wall time is ``wall_seconds / 3600``.
     """
     quantities = stats(run.accuracies, burn_in=burn_in, tail_drop=tail_drop)

@@ -46,11 +46,11 @@ def teacher_checkpoint(tmp_path_factory, cifar10_root) -> Path:
 
 
 def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *extra: str) -> list[str]:
-    """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture)."""
+    """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture, narrow generators)."""
     return ["--method", method, "--dataset", "cifar10", "--teacher", "wrn16_1", "--student", "wrn16_1",
             "--teacher_ckpt", str(teacher), "--data_root", str(data_root), "--save_dir", str(save_dir),
             "--device", "cpu", "--no_progress", "--batch_size", "16", "--epochs", "1",
-            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", *extra]
+            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import yaml
 import datafree_kd
 import registry
 from conftest import REPO, distill_args
-from datafree import engine
+from datafree import numerics, stopping
 from test_distributed import run_two_ranks
 from test_hot_loop import KD_STEPS, build
 
@@ -35,10 +35,10 @@ CUDA = torch.device("cuda")
 
 @pytest.mark.parametrize("method", sorted(registry.METHODS))
 def test_a_synthesis_round_and_its_kd_steps_never_wait_for_the_gpu(method, tmp_path, cifar10_root, tiny_teacher):
-    engine.configure_backends(CUDA, deterministic=False)
+    numerics.configure_backends(CUDA, deterministic=False)
     teacher, parts = build(method, cifar10_root, tiny_teacher, tmp_path, device="cuda",
                            autocast_dtype=torch.bfloat16, channels_last=True)
-    watch = engine.LossWatch(CUDA)
+    watch = stopping.LossWatch(CUDA)
     parts.synthesizer.begin_epoch(0)
     parts.student.train()
 
@@ -63,9 +63,10 @@ def test_a_synthesis_round_and_its_kd_steps_never_wait_for_the_gpu(method, tmp_p
 def test_every_method_runs_an_epoch_in_bf16_channels_last_and_logs_peak_memory(method, tmp_path, cifar10_root,
                                                                                teacher_checkpoint):
     run = tmp_path / "run"
-    summary = datafree_kd.main(distill_args(method, cifar10_root, teacher_checkpoint, run, "--device", "cuda"))
+    summary = datafree_kd.main(distill_args(method, cifar10_root, teacher_checkpoint, run, "--device", "cuda",
+                                            "--precision", "bf16"))
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["precision"] == "auto" and config["channels_last"] == "auto"
+    assert config["precision"] == "bf16" and config["channels_last"] == "auto"
     assert config["environment"]["gpu"] == torch.cuda.get_device_name(CUDA)
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["peak_memory_mb"] > 0 and summary["peak_memory_mb"] == record["peak_memory_mb"]
@@ -84,13 +85,13 @@ def test_fp16_with_loss_scaling_runs_and_stays_finite(method, tmp_path, cifar10_
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bf16_and_fp32_logits_agree_on_a_fixed_batch(channels_last):
     torch.manual_seed(0)
-    model = engine.to_memory_format(registry.get_model("wrn16_2", 10).to(CUDA).eval(), channels_last)
+    model = numerics.to_memory_format(registry.get_model("wrn16_2", 10).to(CUDA).eval(), channels_last)
     images = torch.randn(32, 3, 32, 32, device=CUDA)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         reference = model(images)
-        with engine.autocast(CUDA, torch.bfloat16):
+        with numerics.autocast(CUDA, torch.bfloat16):
             mixed = model(images).float()
     # The CPU test's tolerance (tests/test_precision.py): a few percent of the logits' spread.
     assert (mixed - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05

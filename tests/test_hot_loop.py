@@ -20,8 +20,9 @@ import torch
 
 import datafree_kd
 import registry
-from datafree import engine
+from datafree import stopping
 from datafree.distributed import DistributedContext
+from datafree.numerics import Numerics
 
 REPO_FILES = (f"{os.sep}datafree{os.sep}", f"{os.sep}datafree_kd.py")
 SYNCING_METHODS = ("item", "__bool__", "__float__", "__int__", "tolist")
@@ -40,8 +41,8 @@ def build(method: str, cifar10_root, tiny_teacher, tmp_path, device: str = "cpu"
         *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)
     teacher = datafree_kd.load_teacher(options, torch.device(device), channels_last=channels_last)
-    parts = datafree_kd.build_training(options, teacher, DistributedContext(), torch.device(device),
-                                       autocast_dtype=autocast_dtype, channels_last=channels_last)
+    parts = datafree_kd.build_training(options, teacher, DistributedContext(),
+                                       Numerics(torch.device(device), autocast_dtype, channels_last))
     return teacher, parts
 
 
@@ -68,7 +69,7 @@ def count_host_syncs(patch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.parametrize("method", sorted(registry.METHODS))
 def test_a_synthesis_round_and_its_kd_steps_make_no_host_sync(method, tmp_path, cifar10_root, tiny_teacher):
     teacher, parts = build(method, cifar10_root, tiny_teacher, tmp_path)
-    watch = engine.LossWatch(torch.device("cpu"))
+    watch = stopping.LossWatch(torch.device("cpu"))
     parts.synthesizer.begin_epoch(0)
     parts.student.train()
     before = {name: value.detach().clone() for name, value in parts.student.state_dict().items()}
@@ -98,9 +99,9 @@ def test_the_guard_catches_a_host_sync(tmp_path, cifar10_root, tiny_teacher, mon
     synthesizer = parts.synthesizer
     original = type(synthesizer).student_loss
 
-    def syncing_student_loss(self, student_logits, teacher_logits, kd_step):
-        loss, terms = original(self, student_logits, teacher_logits, kd_step)
-        engine.all_finite(iter([loss]))  # a helper of this package that syncs on purpose
+    def syncing_student_loss(self, student_logits, teacher_logits, kd_step, features=None):
+        loss, terms = original(self, student_logits, teacher_logits, kd_step, features)
+        stopping.all_finite(iter([loss]))  # a helper of this package that syncs on purpose
         return loss, terms
 
     monkeypatch.setattr(type(synthesizer), "student_loss", syncing_student_loss)
@@ -108,4 +109,4 @@ def test_the_guard_catches_a_host_sync(tmp_path, cifar10_root, tiny_teacher, mon
         offenders = count_host_syncs(patch)
         datafree_kd.student_step(synthesizer, teacher, parts.trained_student, parts.optimizer, parts.scaler,
                                  None, 0)
-    assert offenders and all("engine.py" in entry for entry in offenders)
+    assert offenders and all("stopping.py" in entry for entry in offenders)

@@ -147,7 +147,7 @@ def test_flags_accepted_by_train_scratch(launched):
     for path, argv in launched.items():
         if argv[0] == "train_scratch.py":
             args = _check_against_parser(train_scratch.build_parser(), argv, path)
-            train_scratch.resolve_arguments(args)
+            train_scratch.resolve_options(args)
 
 
 def test_flags_accepted_by_datafree_kd(launched):

@@ -9,7 +9,7 @@ import torch
 
 import datafree_kd
 import registry
-from datafree import engine
+from datafree import numerics
 
 
 def test_bf16_and_fp32_forward_agree_on_a_fixed_batch():
@@ -18,7 +18,7 @@ def test_bf16_and_fp32_forward_agree_on_a_fixed_batch():
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         reference = model(images)
-        with engine.autocast(torch.device("cpu"), torch.bfloat16):
+        with numerics.autocast(torch.device("cpu"), torch.bfloat16):
             mixed = model(images).float()
     # bf16 keeps 8 bits of mantissa: logits agree to a few percent of their spread.
     assert (mixed - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05
@@ -47,13 +47,13 @@ def test_compile_flag_falls_back_to_eager_when_compilation_fails(monkeypatch, ca
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = registry.get_model("wrn16_1", 10).eval()
-    wrapped = engine.maybe_compile(model, enabled=True)
+    wrapped = numerics.maybe_compile(model, enabled=True)
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(wrapped(images), model(images))
     assert "running eager" in capsys.readouterr().out
-    assert engine.unwrap(wrapped) is model
+    assert numerics.unwrap(wrapped) is model
     monkeypatch.setattr(torch, "compile", lambda module: (_ for _ in ()).throw(RuntimeError("no dynamo")))
-    assert engine.maybe_compile(model, enabled=True) is model
+    assert numerics.maybe_compile(model, enabled=True) is model
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, precision, noted", [
@@ -61,13 +61,12 @@ def test_compile_flag_falls_back_to_eager_when_compilation_fails(monkeypatch, ca
     (True, False, "bf16", False),
     (False, True, "bf16", False),
     (False, False, "fp32", False),
-    (False, False, "auto", False),   # auto is fp32 on the CPU
 ])
 def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(avx512_bf16, amx, precision, noted,
                                                             monkeypatch, capsys):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    dtype = engine.resolve_precision(precision, torch.device("cpu"))
+    dtype = numerics.resolve_precision(precision, torch.device("cpu"))
     assert dtype == (torch.bfloat16 if precision == "bf16" else None)
     assert ("note: this CPU has no bf16 instructions" in capsys.readouterr().out) is noted
 
@@ -76,10 +75,10 @@ def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_note(avx512_bf16, amx, p
 def test_cpu_description_names_the_vector_instructions_and_bf16(native_bf16, monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    description = engine.device_description(torch.device("cpu"))
+    description = numerics.device_description(torch.device("cpu"))
     assert f"{os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}" in description
     assert description.endswith(", bf16" if native_bf16 else ", no bf16")
-    assert engine.environment_info(torch.device("cpu"))["cpu"] == description
+    assert numerics.environment_info(torch.device("cpu"))["cpu"] == description
 
 
 @pytest.mark.parametrize("device, deterministic, benchmark", [
@@ -92,7 +91,7 @@ def test_cudnn_autotuning_unless_deterministic(device, deterministic, benchmark,
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", not deterministic)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
-        engine.configure_backends(torch.device(device), deterministic)
+        numerics.configure_backends(torch.device(device), deterministic)
         assert torch.backends.cudnn.benchmark is benchmark
         assert torch.backends.cudnn.deterministic is deterministic
         assert torch.are_deterministic_algorithms_enabled() is deterministic
@@ -114,7 +113,8 @@ def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
     options = datafree_kd.resolve_options(args)
     device = torch.device("cpu")
     teacher = datafree_kd.load_teacher(options, device, channels_last=False)
-    parts = datafree_kd.build_training(options, teacher, DistributedContext(), device, torch.float16, False)
+    parts = datafree_kd.build_training(options, teacher, DistributedContext(),
+                                       numerics.Numerics(device, torch.float16, False))
     parts.synthesizer.begin_epoch(0)
     return parts.synthesizer
 

@@ -9,7 +9,7 @@ import yaml
 
 import registry
 import train_scratch
-from datafree import engine
+from datafree import checkpoints
 from datafree.errors import CheckpointError, UsageError
 
 
@@ -26,7 +26,7 @@ def test_teacher_learns_the_fixture_and_is_saved_for_distillation(teacher_checkp
     assert checkpoint["dataset"] == "cifar10"
     assert checkpoint["acc1"] > 60  # chance is 10 %
     model = registry.get_model("wrn16_1", 10)
-    engine.load_classifier(teacher_checkpoint, model, "wrn16_1", 10, "cifar10")
+    checkpoints.load_classifier(teacher_checkpoint, model, "wrn16_1", 10, "cifar10")
 
 
 def test_run_directory_holds_config_metrics_events_and_checkpoints(tmp_path, cifar10_root):
@@ -54,7 +54,7 @@ def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, cifar10_roo
     train_scratch.main(scratch_args(cifar10_root, full))
     pieces = tmp_path / "pieces"
     first = train_scratch.main(scratch_args(cifar10_root, pieces, "--max_minutes", "1e-9"))
-    assert first["stopped"] and first["epoch"] == 0 and first["step"] == 1
+    assert first["stopped"] and first["position"] == {"epoch": 0, "step": 1}
     assert not (pieces / "pretrained.pth").exists()
     train_scratch.main(scratch_args(cifar10_root, pieces, "--resume"))
     expected = torch.load(full / "last.pth", weights_only=False)
@@ -81,19 +81,19 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path, cifar10_r
 def test_classifier_checkpoint_round_trip_and_mismatches(tmp_path):
     model = registry.get_model("wrn16_1", 10).eval()
     path = tmp_path / "teacher.pth"
-    engine.save_classifier(path, model, "wrn16_1", 10, "cifar10")
+    checkpoints.save_classifier(path, model, "wrn16_1", 10, "cifar10")
     loaded = registry.get_model("wrn16_1", 10).eval()
-    engine.load_classifier(path, loaded, "wrn16_1", 10, "cifar10")
+    checkpoints.load_classifier(path, loaded, "wrn16_1", 10, "cifar10")
     images = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(images), loaded(images))
     with pytest.raises(CheckpointError, match="is a wrn16_1, not a wrn16_2"):
-        engine.load_classifier(path, registry.get_model("wrn16_2", 10), "wrn16_2", 10, "cifar10")
+        checkpoints.load_classifier(path, registry.get_model("wrn16_2", 10), "wrn16_2", 10, "cifar10")
     with pytest.raises(CheckpointError, match="has 10 classes but 100"):
-        engine.load_classifier(path, registry.get_model("wrn16_1", 100), "wrn16_1", 100, "cifar100")
+        checkpoints.load_classifier(path, registry.get_model("wrn16_1", 100), "wrn16_1", 100, "cifar100")
     with pytest.raises(CheckpointError, match="trained on cifar10, not cifar100"):
-        engine.load_classifier(path, registry.get_model("wrn16_1", 10), "wrn16_1", 10, "cifar100")
+        checkpoints.load_classifier(path, registry.get_model("wrn16_1", 10), "wrn16_1", 10, "cifar100")
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
-        engine.load_classifier(tmp_path / "corrupt.pth", loaded, "wrn16_1", 10, "cifar10")
+        checkpoints.load_classifier(tmp_path / "corrupt.pth", loaded, "wrn16_1", 10, "cifar10")
     with pytest.raises(CheckpointError, match="not found"):
-        engine.load_classifier(tmp_path / "missing.pth", loaded, "wrn16_1", 10, "cifar10")
+        checkpoints.load_classifier(tmp_path / "missing.pth", loaded, "wrn16_1", 10, "cifar10")

@@ -26,7 +26,15 @@ CLASSIFIERS: dict[str, Callable[[int], nn.Module]] = {
     "wrn40_2": wrn40_2,
 }
 
+#: Other spellings of these architectures found in released checkpoints (their ``arch`` entry),
+#: e.g. the batch-normalised VGG-11 of CMI's model zoo (§1.3).
+ARCH_ALIASES: dict[str, str] = {
+    "vgg11_bn": "vgg11",
+    **{f"wrn_{depth}_{width}": f"wrn{depth}_{width}" for depth, width in ((16, 1), (16, 2), (40, 1), (40, 2))},
+}
+
 __all__ = [
+    "ARCH_ALIASES",
     "CLASSIFIERS",
     "CurriculumGenerator",
     "GeneratorS",

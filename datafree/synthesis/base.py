@@ -9,7 +9,12 @@ The distillation loop in ``datafree_kd.py`` is method-agnostic. Per epoch it cal
             images = synthesizer.sample()              # one normalised batch of B images
             teacher_logits = teacher(images)           # no grad
             student_logits = student(images)
-            loss, terms = synthesizer.student_loss(student_logits, teacher_logits, kd_step)
+            loss, terms = synthesizer.student_loss(student_logits, teacher_logits, kd_step, features)
+
+(``features`` is None, or the penultimate features ``(student, teacher)`` for a method that sets
+``needs_features``, §12.9.) The first ``--warmup`` epochs run the rounds' ``synthesize()`` calls
+only (§10.7, §11.7). ``begin_epoch`` must be idempotent: a run resumed in the middle of an epoch
+calls it again for that epoch, after restoring the synthesizer's state.
 
 Everything method-specific (generator, pixel optimisation, pool, bank, curriculum weights,
 student criterion and its temperature) lives behind these calls. ``state_dict`` /
@@ -17,9 +22,10 @@ student criterion and its temperature) lives behind these calls. ``state_dict`` 
 continues to the same result.
 
 A method is one module under ``datafree/synthesis/`` defining a subclass with
-``DEFAULTS`` (its §4.7 / §5.8 hyperparameters; the driver fills every flag left unset from
-them), optionally ``add_arguments`` for flags only it uses and ``check_options`` for
-one-line validation, plus one line in ``registry.METHODS``.
+``DEFAULTS`` (its published hyperparameters; the driver fills every flag left unset from
+them), ``DATASET_DEFAULTS`` where the published settings differ by dataset, optionally
+``add_arguments`` for flags only it uses and ``check_options`` for one-line validation, plus
+one line in ``registry.METHODS`` (docs/ARCHITECTURE.md, "Adding a method").
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import torch.nn as nn
 
 from datafree.criterions import kl_divergence
 from datafree.hooks import BatchNormStatisticsHook
+from datafree.seeding import MAX_SEED
 
 #: Offsets that make the two RNG streams of one (seed, rank) distinct.
 NOISE_STREAM, AUGMENTATION_STREAM = 1, 2
@@ -83,6 +90,12 @@ class Synthesizer:
     #: Method defaults (§4.7, §5.8) for every option the method reads; the driver's flags
     #: default to None and are resolved from here.
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Per-dataset overrides of DEFAULTS, for methods whose published settings differ by dataset
+    #: (e.g. CuDFKD's CIFAR-100 main row, §5.8): ``{"cifar100": {...}}``.
+    DATASET_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: True when ``student_loss`` needs the penultimate features of student and teacher (§12.9);
+    #: the KD step then runs both networks with ``return_features=True``.
+    needs_features: ClassVar[bool] = False
 
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
         self.setup = setup
@@ -97,7 +110,10 @@ class Synthesizer:
         self.adv = float(options["adv"])
         self.bn = float(options["bn"])
         self.oh = float(options["oh"])
-        self.bn_hook = BatchNormStatisticsHook(self.teacher) if self.bn > 0 else None
+        # BN-statistics loss (§3.2); Fast and NAYER blend past batches' statistics with momentum
+        # --bn_mmt (§10.4).
+        self.bn_hook = (BatchNormStatisticsHook(self.teacher, momentum=float(options.get("bn_mmt", 0.0)))
+                        if self.bn > 0 else None)
         # fp16 only: the synthesis losses are scaled so that small gradients through fp16
         # activations do not underflow (issue: speed; §7 item 22). A no-op in bf16 and fp32.
         self.scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.autocast_dtype == torch.float16)
@@ -105,6 +121,18 @@ class Synthesizer:
         self.augmentation_stream = self.new_stream(setup.seed, setup.rank, AUGMENTATION_STREAM)
 
     # ------------------------------------------------------------------ options
+    @classmethod
+    def defaults_for(cls, dataset: str) -> dict[str, Any]:
+        """DEFAULTS with the dataset's overrides applied (a run without launcher takes the dataset's
+        main row, not values of another dataset)."""
+        return {**cls.DEFAULTS, **cls.DATASET_DEFAULTS.get(dataset, {})}
+
+    @classmethod
+    def deviations(cls, options: Mapping[str, Any]) -> list[str]:
+        """Ways in which this configuration departs from the paper, printed at start (e.g. NAYER
+        without CLIP label embeddings, §11.3)."""
+        return []
+
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
         """Add flags that only this class reads (default None, resolved from DEFAULTS).
@@ -133,11 +161,20 @@ class Synthesizer:
         """One normalised batch of ``batch_size`` images for a KD step."""
         raise NotImplementedError
 
-    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The student objective; default KL at the run's temperature, batchmean ×T² (§3.1)."""
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, kd_step: int,
+                     features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The student objective; default KL at the run's temperature, batchmean ×T² (§3.1).
+
+        ``features`` is ``(student_features, teacher_features)`` when ``needs_features``, else None.
+        """
         loss = kl_divergence(student_logits, teacher_logits, temperature=self.temperature)
         return loss, {}
+
+    def student_extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the student's optimizer besides the student's own (e.g. AdaDFKD's
+        feature projection, §12.8 item 1). Default: none."""
+        return []
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Multi-process runs: wrap persistent trainable modules shared across ranks with ``wrap``
@@ -210,14 +247,17 @@ class Synthesizer:
     def new_stream(self, seed: int, rank: int, stream: int) -> torch.Generator:
         """A private generator on the run's device, distinct per (seed, rank, stream)."""
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed * 1_000_003 + 7919 * rank + stream)
+        generator.manual_seed((seed * 1_000_003 + 7919 * rank + stream) % MAX_SEED)
         return generator
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"noise_stream": self.noise_stream.get_state(),
-                "augmentation_stream": self.augmentation_stream.get_state(),
-                "scaler": self.scaler.state_dict()}
+        state = {"noise_stream": self.noise_stream.get_state(),
+                 "augmentation_stream": self.augmentation_stream.get_state(),
+                 "scaler": self.scaler.state_dict()}
+        if self.bn_hook is not None and self.bn_hook.momentum:
+            state["bn_hook"] = self.bn_hook.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the RNG streams. Checkpoints hold rank 0's state; on resumption other ranks
@@ -229,3 +269,5 @@ class Synthesizer:
                 draw = torch.randint(0, 2**62, (1,), generator=stream, device=self.device)
                 stream.manual_seed(int(draw.item()) + self.setup.rank)
         self.scaler.load_state_dict(state["scaler"])
+        if self.bn_hook is not None and self.bn_hook.momentum:
+            self.bn_hook.load_state_dict(state["bn_hook"])

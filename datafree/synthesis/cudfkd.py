@@ -40,22 +40,27 @@ ADVERSARIAL_TEMPERATURE = 3.0
 class CuDFKDSynthesizer(GenerativeSynthesizer):
     """CuDFKD: curriculum generator + self-paced student loss (§5)."""
 
-    #: §5.8 common settings and the main CIFAR-10 resnet34→resnet18 row (l1, T 20, adv 0, grad_adv
-    #: 0.5, ramp .25/.75), except B = 256 (the batch of the README's cost figures; the main row
-    #: has 512 and seed 30). λ_0 and α follow the dataset (finalize_options). Other rows, CIFAR-100
-    #: included, differ in several values: their launchers under scripts/cudfkd/ carry them.
-    DEFAULTS = {**GENERATIVE_DEFAULTS, "batch_size": 256, "epochs": 250, "ep_steps": 400, "kd_steps": 10,
+    #: §5.8 common settings and the main CIFAR-10 resnet34→resnet18 row (B 512, l1, T 20, λ_0 2, adv 0,
+    #: grad_adv 0.5, ramp .25/.75; its seed 30 is the launcher's). CIFAR-100 takes its main row, the
+    #: paper-era (2022-09-04) resnet34→resnet18 script (DATASET_DEFAULTS). The pace growth α follows the
+    #: dataset (finalize_options). Other rows: their launchers under scripts/cudfkd/ carry them.
+    DEFAULTS = {**GENERATIVE_DEFAULTS, "batch_size": 512, "epochs": 250, "ep_steps": 400, "kd_steps": 10,
                 "g_steps": 1, "lr": 0.1, "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512,
-                "oh": 1.0, "bn": 1.0, "act": 0.0, "balance": 20.0, "adv": 0.0,
-                "depth": 2, "loss": "l1", "curr_option": "curr_log", "adv_type": "kl",
-                "grad_adv": 0.5, "begin_fraction": 0.25, "end_fraction": 0.75}
+                "oh": 1.0, "bn": 1.0, "act": 0.0, "balance": 20.0, "adv": 0.0, "lambda_0": 2.0,
+                "depth": 2, "loss": "l1", "curr_option": "curr_log", "adv_type": "kl", "adv_mask": "on",
+                "spl_granularity": "sample", "grad_adv": 0.5, "begin_fraction": 0.25, "end_fraction": 0.75}
+    #: §5.8 CIFAR-100 resnet34→resnet18 row in its paper-era state (adv 0, grad_adv 0.35, no memory).
+    DATASET_DEFAULTS = {"cifar100": {"batch_size": 768, "epochs": 300, "loss": "l1", "T": 5.0, "lambda_0": 1.0,
+                                     "adv": 0.0, "grad_adv": 0.35, "begin_fraction": 0.2, "end_fraction": 0.8}}
 
     def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
         self.depth = int(options["depth"])
         super().__init__(setup, options)
         self.loss_type = options["loss"]
         self.weight_kind = curriculum.weight_kind(options["curr_option"])
+        self.per_batch_weights = options["spl_granularity"] == "batch"
         self.adv_type = options["adv_type"]
+        self.adv_mask = options["adv_mask"] == "on"
         self.initial_adv = float(options["adv"])
         self.grad_adv = float(options["grad_adv"])
         self.begin_fraction = float(options["begin_fraction"])
@@ -72,8 +77,11 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
                            help="per-sample student loss ℓ_i (§5.3; default l1)")
         group.add_argument("--curr_option", choices=list(curriculum.CURRICULUM_OPTIONS), default=None,
                            help="self-paced weight function (default curr_log); none = plain batch loss")
+        group.add_argument("--spl_granularity", choices=["sample", "batch"], default=None,
+                           help="self-paced weights per sample (CuDFKD default) or one weight on the batch-mean "
+                                "loss (AdaDFKD default; some CuDFKD commits, §5.3)")
         group.add_argument("--lambda_0", type=float, default=None,
-                           help="initial pace λ_0 (default 2.0 on cifar10, 1.0 otherwise, §5.8)")
+                           help="initial pace λ_0 (default 2.0 on cifar10, 1.0 on cifar100, §5.8)")
         group.add_argument("--lambda_growth", type=float, default=None,
                            help="pace growth α per KD step (default 1e-4 cifar10, 2e-5 otherwise, §5.4)")
         group.add_argument("--lambda_end", type=float, default=None,
@@ -85,13 +93,14 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
                            help="[REF] entropy weight; the loss adds lmda_ent·H, so −20 maximises H. "
                                 "Overrides --balance (balance = −lmda_ent)")
         group.add_argument("--adv_type", choices=["kl", "js"], default=None, help="adversarial term (§5.2)")
+        group.add_argument("--adv_mask", choices=["on", "off"], default=None,
+                           help="adversarial KL only on samples where student and teacher agree (CuDFKD on, "
+                                "AdaDFKD off, §12.4)")
         group.add_argument("--depth", type=int, default=None, help="G-Cu depth d (2 for 32 px)")
 
     @classmethod
     def finalize_options(cls, options: dict[str, Any]) -> None:
-        """Dataset-dependent pace defaults (§5.4, §5.8) and the lmda_ent -> balance mapping (§5.2)."""
-        if options.get("lambda_0") is None:
-            options["lambda_0"] = 2.0 if options["dataset"] == "cifar10" else 1.0
+        """Dataset-dependent pace growth (§5.4) and the lmda_ent -> balance mapping (§5.2)."""
         if options.get("lambda_end") is not None and options.get("lambda_growth") is not None:
             raise UsageError("give either --lambda_growth or --lambda_end, not both")
         if options.get("lambda_end") is not None:
@@ -142,7 +151,7 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
             student_logits = self.student_forward_eval(images)
             if self.adv_type == "kl":
                 adversarial = adversarial_kl_masked(student_logits, teacher_logits,
-                                                    temperature=ADVERSARIAL_TEMPERATURE)
+                                                    temperature=ADVERSARIAL_TEMPERATURE, mask=self.adv_mask)
             else:
                 adversarial = adversarial_js_ref(student_logits, teacher_logits,
                                                  temperature=ADVERSARIAL_TEMPERATURE)
@@ -158,15 +167,23 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
             return l2_logits(student_logits, teacher_logits, reduction="none")
         return per_sample_kl(student_logits, teacher_logits, temperature=self.temperature)
 
-    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(1/B) Σ v_i ℓ_i`` at the pace of ``kd_step`` (§5.3), with the mean weight and the
-        generated difficulty ``Σ v ℓ / Σ v`` as terms. Like every term these are logged as epoch
-        means over all KD steps; the reference logged the difficulty of the last KD step of each
-        round only, the same quantity with more noise."""
-        losses = self.per_sample_loss(student_logits, teacher_logits)
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, kd_step: int,
+                     features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Self-paced loss at the pace of ``kd_step`` (§5.3): ``(1/B) Σ v_i ℓ_i`` per sample, or
+        ``v·ℓ̄`` with one weight on the batch-mean loss (``--spl_granularity batch``).
+
+        Terms: the mean weight and the generated difficulty ``Σ v ℓ / Σ v``. Like every term these
+        are logged as epoch means over all KD steps; the reference logged the difficulty of the last
+        KD step of each round only, the same quantity with more noise."""
+        return self.self_paced_loss(self.per_sample_loss(student_logits, teacher_logits), kd_step)
+
+    def self_paced_loss(self, losses: torch.Tensor, kd_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weight per-sample losses ``ℓ`` (B,) by the curriculum at ``kd_step`` (§5.3, §5.4)."""
         if self.weight_kind is None:  # curr_option none: the plain batch loss
             return losses.mean(), {}
         pace = curriculum.pace(kd_step, self.lambda_0, self.pace_growth)
+        if self.per_batch_weights:
+            losses = losses.mean().reshape(1)
         loss, sample_weights, difficulty = curriculum.weighted_student_loss(losses, pace, self.weight_kind)
         return loss, {"mean_sample_weight": sample_weights.mean(), "generated_difficulty": difficulty}
