@@ -48,8 +48,9 @@ from datafree.signals import StopRequest
 from datafree.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
-#: Driver options a method may leave out of its DEFAULTS (§10.7, §11.7: only Fast and NAYER warm up).
-DRIVER_DEFAULTS = {"warmup": 0, "eta_min": 0.0}
+#: Options a method may leave out of its DEFAULTS (§10.4, §10.7, §11.7: only Fast and NAYER warm up and
+#: blend BN statistics).
+DRIVER_DEFAULTS = {"warmup": 0, "eta_min": 0.0, "bn_mmt": 0.0}
 #: Where a KD run starts.
 START = {"epoch": 0, "round": 0, "kd_in_round": 0, "kd_step": 0}
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--balance", type=float, default=None, help="class balance (batch-mean entropy)")
     weights.add_argument("--cr", type=float, default=None, help="CMI contrastive loss")
     weights.add_argument("--cr_T", type=float, default=None, help="CMI contrastive temperature")
+    weights.add_argument("--bn_mmt", type=float, default=None,
+                         help="momentum of the BN-statistics loss over past batches (Fast/NAYER 0.9, else 0; §10.4)")
     weights.add_argument("--nz", type=int, default=None, help="generator latent size")
     weights.add_argument("--ngf", type=int, default=None, help="generator width (64 in every published setting)")
     add_method_arguments(parser)

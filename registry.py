@@ -15,12 +15,15 @@ import torch.nn as nn
 from datafree.data import DATASETS, DatasetInfo
 from datafree.errors import UsageError
 from datafree.models import CLASSIFIERS
+from datafree.synthesis.adadfkd import AdaDFKDSynthesizer
 from datafree.synthesis.adi import ADISynthesizer
 from datafree.synthesis.base import Synthesizer
 from datafree.synthesis.cmi import CMISynthesizer
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
 from datafree.synthesis.dafl import DAFLSynthesizer
 from datafree.synthesis.dfq import DFQSynthesizer
+from datafree.synthesis.fast import FastSynthesizer
+from datafree.synthesis.nayer import NAYERSynthesizer
 from datafree.synthesis.zskt import ZSKTSynthesizer
 
 METHODS: dict[str, type[Synthesizer]] = {
@@ -30,6 +33,9 @@ METHODS: dict[str, type[Synthesizer]] = {
     "zskt": ZSKTSynthesizer,
     "adi": ADISynthesizer,
     "dfq": DFQSynthesizer,
+    "fast": FastSynthesizer,
+    "nayer": NAYERSynthesizer,
+    "adadfkd": AdaDFKDSynthesizer,
 }
 
 _Value = TypeVar("_Value")

@@ -34,7 +34,7 @@ RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progr
 POSITIVE = frozenset({"epochs", "batch_size", "synthesis_batch_size", "ep_steps", "kd_steps", "g_steps", "lr",
                       "lr_g", "T", "log_interval", "nz", "ngf", "num_threads", "max_minutes", "gamma"})
 NON_NEGATIVE = frozenset({"momentum", "weight_decay", "warmup", "eta_min"})
-HALF_OPEN_UNIT = frozenset({"beta1", "beta2"})
+HALF_OPEN_UNIT = frozenset({"beta1", "beta2", "bn_mmt"})
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:

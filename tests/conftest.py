@@ -45,12 +45,22 @@ def teacher_checkpoint(tmp_path_factory, cifar10_root) -> Path:
     return path
 
 
+#: Per-method flags that keep the registry-parametrised suites tiny (warm-up off, small loops, queues
+#: and synthesis batches); used by distill_args and the builders of test_hot_loop / test_precision.
+TINY_METHOD_FLAGS: dict[str, list[str]] = {
+    "fast": ["--warmup", "0"],
+    "nayer": ["--warmup", "0", "--synthesis_batch_size", "20", "--g_loops", "1", "--gwp_loops", "1"],
+    "adadfkd": ["--queue_size", "24"],
+}
+
+
 def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *extra: str) -> list[str]:
     """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture, narrow generators)."""
     return ["--method", method, "--dataset", "cifar10", "--teacher", "wrn16_1", "--student", "wrn16_1",
             "--teacher_ckpt", str(teacher), "--data_root", str(data_root), "--save_dir", str(save_dir),
             "--device", "cpu", "--no_progress", "--batch_size", "16", "--epochs", "1",
-            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *extra]
+            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *TINY_METHOD_FLAGS.get(method, []),
+            *extra]
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def last_state(run):
     return torch.load(run / "last.pth", weights_only=False)
 
 
-@pytest.mark.parametrize("method", ["adi", "cudfkd"])
+@pytest.mark.parametrize("method", ["adi", "cudfkd", "fast", "nayer", "adadfkd"])
 def test_resume_equals_uninterrupted(method, tmp_path, cifar10_root, teacher_checkpoint):
     extra = ["--epochs", "2", "--ep_steps", "4", "--kd_steps", "2"]
     full = tmp_path / "full"

@@ -22,6 +22,13 @@ CONFIGS = {
     "adi": (["--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps", "50"], 50),
     "cmi": (["--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps", "30", "--ngf", "16",
              "--bank_size", "512", "--n_neg", "64"], 50),
+    # docs/METHODS.md §10.12, §11.12, §12.10
+    "fast": (["--epochs", "5", "--warmup", "1", "--ep_steps", "30", "--kd_steps", "10", "--g_steps", "5",
+              "--ngf", "16"], 50),
+    "nayer": (["--epochs", "4", "--warmup", "1", "--ep_steps", "30", "--kd_steps", "30", "--g_steps", "10",
+               "--g_loops", "2", "--gwp_loops", "4", "--synthesis_batch_size", "40", "--ngf", "16",
+               "--label_embeddings", "random"], 50),
+    "adadfkd": ([*GENERATOR, "--queue_size", "64", "--hard", "0.1", "--s_nce", "0.1", "--length", "0.8"], 50),
 }
 
 

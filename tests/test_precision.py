@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import datafree_kd
+from conftest import TINY_METHOD_FLAGS
 import registry
 from datafree import numerics
 
@@ -109,7 +110,8 @@ def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
         "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path),
         "--device", "cpu", "--precision", "fp16", "--batch_size", "8", "--g_steps", "2", "--ngf", "8",
-        "--bank_size", "64", "--n_neg", "16", *(["--adv", "1"] if method == "cudfkd" else [])])
+        "--bank_size", "64", "--n_neg", "16", *TINY_METHOD_FLAGS.get(method, []),
+        *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)
     device = torch.device("cpu")
     teacher = datafree_kd.load_teacher(options, device, channels_last=False)
@@ -128,15 +130,13 @@ def test_fp16_synthesis_steps_go_through_a_loss_scaler(method, tmp_path, cifar10
     assert scaler.is_enabled()
     synthesizer.synthesize()   # (the scale may already back off here: 65536 overflows fp16 easily)
     scale = scaler.get_scale()
-    # Persistent trained modules (CMI's generator is re-initialised every call: only its head).
-    names = ("head",) if method == "cmi" else ("image_generator",)
-    trained = [getattr(synthesizer, name) for name in names if hasattr(synthesizer, name)]
-    before = [p.detach().clone() for m in trained for p in m.parameters()]
+    trained = synthesizer.persistent_parameters()
+    before = [p.detach().clone() for p in trained]
 
     original_scale = scaler.scale
     monkeypatch.setattr(scaler, "scale", lambda loss: original_scale(loss) * float("inf"))
-    synthesizer.synthesize()                      # every gradient overflows: both steps skipped
-    assert scaler.get_scale() == scale / 4
-    after = [p.detach() for m in trained for p in m.parameters()]
-    assert (len(before) > 0) == (method != "adi") and all(torch.equal(b, a) for b, a in zip(before, after))
-    assert synthesizer.state_dict()["scaler"]["scale"] == scale / 4   # resumed with the same scale
+    synthesizer.synthesize()                      # every gradient overflows: every step is skipped
+    backed_off = scaler.get_scale()
+    assert backed_off <= scale / 4 if method in ("adi", "cmi", "dafl", "zskt", "dfq", "cudfkd") else backed_off < scale
+    assert (len(before) > 0) == (method != "adi") and all(torch.equal(b, a) for b, a in zip(before, trained))
+    assert synthesizer.state_dict()["scaler"]["scale"] == backed_off   # resumed with the same scale

@@ -180,6 +180,12 @@ class Synthesizer:
         """Multi-process runs: wrap persistent trainable modules shared across ranks with ``wrap``
         (DistributedDataParallel). Default: nothing is shared; each rank synthesizes on its own."""
 
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        """Parameters that synthesis trains and that persist from one ``synthesize()`` call to the
+        next (a persistent generator, CMI's head, Fast's meta-generator); empty when every call
+        starts afresh (ADI). Tests use it to check that fp16 loss scaling skips overflowing steps."""
+        return []
+
     def preview_images(self) -> torch.Tensor | None:
         """Images in [0, 1] from the latest synthesis, for the TensorBoard grid."""
         return None

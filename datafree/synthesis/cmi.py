@@ -111,6 +111,10 @@ class CMISynthesizer(PooledSynthesizer):
         """Share the persistent projection head across ranks (DDP averages its gradients)."""
         self.trained_head = wrap(self.head)
 
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        """The head (the generator is re-initialised at every call)."""
+        return list(self.head.parameters())
+
     @torch.no_grad()
     def probe_feature_dim(self) -> int:
         """``d``: the instance-feature width, read from one teacher forward of a blank image."""

@@ -64,6 +64,9 @@ class GenerativeSynthesizer(Synthesizer):
         """Share the generator across ranks: its gradients are averaged by DDP (issue: scale)."""
         self.trained_generator = wrap(self.image_generator)
 
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        return list(self.image_generator.parameters())
+
     def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
         """G-L with the method's latent size (§1.7), PyTorch default init."""
         return LargeGenerator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size)
