@@ -22,7 +22,6 @@ if __name__ == "__main__":
     signals.catch_early()
 
 import argparse  # noqa: E402
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 import registry
 from datafree import distributed
-from datafree.checkpoints import load_classifier
+from datafree.checkpoints import file_sha256, load_classifier
 from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, resolved_config, run_cli
 from datafree.data import DatasetError, TensorLoader, download, load_split
 from datafree.errors import CheckpointError, UsageError
@@ -126,7 +125,7 @@ def resolve_options(args: argparse.Namespace, world_size: int | None = None) -> 
     registry.lookup(registry.CLASSIFIERS, args.teacher, "model")
     registry.lookup(registry.CLASSIFIERS, args.student, "model")
     options = resolved_config(args)
-    for key, value in {**method.defaults_for(args.dataset), **DRIVER_DEFAULTS}.items():
+    for key, value in {**DRIVER_DEFAULTS, **method.defaults_for(args.dataset)}.items():
         if options.get(key) is None:
             options[key] = value
     method.finalize_options(options)
@@ -164,14 +163,6 @@ def check_memory(options: dict[str, Any], device: torch.device, world_size: int)
     if available is not None and needed > available:
         raise UsageError(f"a batch of {largest} images needs {needed / 2**30:.3g} GiB for its pixels alone but "
                          f"{device} has {available / 2**30:.3g} GiB; lower --batch_size / --synthesis_batch_size")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_teacher(options: dict[str, Any], device: torch.device, channels_last: bool) -> nn.Module:
@@ -311,7 +302,9 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext, de
     run = RunLifecycle(options, "distillation_run", identity, device, stop, context,
                        protected=(options["teacher_ckpt"],))
     run.open({**options, "teacher_sha256": file_sha256(Path(options["teacher_ckpt"])),
-              "world_size": context.world_size, "environment": environment_info(device)})
+              "world_size": context.world_size, "batch_size_per_rank": options["batch_size"] // context.world_size,
+              "synthesis_batch_size_per_rank": options["synthesis_batch_size"] // context.world_size,
+              "environment": environment_info(device)})
     if context.is_main:
         print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
         for note in registry.get_method(options["method"]).deviations(options):
@@ -353,7 +346,8 @@ def train(options: dict[str, Any], parts: TrainingParts, teacher: nn.Module, run
         evaluation = (lambda: evaluate(parts.student, test_batches, fidelity_teacher)) if distilling else None
         preview = parts.synthesizer.preview_images() if run.is_main else None
         run.end_epoch(epoch, meter, {"lr": lr, **schedule}, evaluation, preview)
-        distributed.barrier(run.context)
+        if position["epoch"] < options["epochs"] and run.should_stop(all_ranks=True):
+            return run.interrupt(position["epoch"], None)   # at an epoch boundary (e.g. in warm-up)
     return None
 
 
@@ -374,7 +368,7 @@ def run_rounds(options: dict[str, Any], parts: TrainingParts, teacher: nn.Module
     stopped = False
     while position["round"] < rounds and not stopped:
         if position["kd_in_round"] == 0:
-            terms = synthesizer.synthesize()
+            terms = meter.time_synthesis(synthesizer.synthesize)
             run.observe(position["kd_step"], terms)
             meter.add(terms)
         while position["kd_in_round"] < kd_steps:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the speed issue as one prepared command for a lent GPU
+# The GPU checks as one prepared command for a lent GPU
 # (results/benchmarks/README.md): the CUDA-only tests (tests/test_cuda.py), then as many rows of
 # the GPU throughput table as fit in the budget. Rerun it to continue the table: rows already
 # measured are skipped (--resume), and SKIP_TESTS=1 skips the tests on a rerun.
@@ -24,7 +24,7 @@ nvidia-smi > "$DEST/gpu_nvidia_smi.txt" 2>&1
 if [ -z "${SKIP_TESTS:-}" ]; then
     "$PYTHON" -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$DEST/gpu_cuda_tests.log"
 fi
-"$PYTHON" benchmarks/throughput.py --methods cudfkd,cmi,adi,dafl,zskt,dfq \
-    --pairs resnet34:resnet18,wrn40_2:wrn16_1 --variants bf16,fp32,compile --batch_size 256 \
+"$PYTHON" benchmarks/throughput.py --methods cudfkd,cmi,adi,dafl,zskt,dfq,fast,nayer,adadfkd \
+    --pairs resnet34:resnet18,wrn40_2:wrn16_1 --variants fp32,bf16,compile --batch_size 256 \
     --device cuda --max_g_steps 50 --max_minutes "${1:-6}" --resume --out "$DEST/gpu_throughput.md" \
     2>&1 | tee -a "$DEST/gpu_throughput.log"

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -86,6 +87,15 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise write_error(path, error, kept=path.exists()) from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the teacher and NAYER's embeddings are recorded by it in config.yaml)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _refused_global(error: Exception) -> str | None:

@@ -28,7 +28,8 @@ from datafree.seeding import MAX_SEED
 #: where and how fast a run goes, or where its inputs live, not what it computes.
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
                           "download", "log_interval", "num_threads", "nan_policy", "deterministic", "save_dir",
-                          "teacher_ckpt", "pretrained_path", "environment", "world_size"})
+                          "teacher_ckpt", "pretrained_path", "environment", "world_size", "batch_size_per_rank",
+                          "synthesis_batch_size_per_rank"})
 
 #: Numeric options that must be > 0, >= 0, or in [0, 1) (any option also has to be finite).
 POSITIVE = frozenset({"epochs", "batch_size", "synthesis_batch_size", "ep_steps", "kd_steps", "g_steps", "lr",

@@ -261,3 +261,58 @@ def contrastive_loss(local_proj: torch.Tensor, global_proj: torch.Tensor, num_cu
     if total_rows == num_current:
         return per_row.mean()
     return per_row[:num_current].mean() + per_row[num_current:].mean()
+
+
+# ----------------------------------------------------------------------------- AdaDFKD relationship terms
+#: Tolerance of the window bounds ⌊h·K⌋, ⌊(h+ℓ)·K⌋ against binary rounding (0.29·100 = 28.99…96 in floats).
+R2M_WINDOW_TOLERANCE = 1e-9
+
+
+def r2m_window(hard_factor: float, length: float, queue_size: int) -> tuple[int, int]:
+    """Similarity ranks ``[⌊h·K⌋, ⌊(h+ℓ)·K⌋)`` of the negatives R2M keeps (§12.4), clipped to [0, K].
+
+    Rank 0 is the least similar negative (the "easiest"); ``h`` slides the window from the easiest
+    ℓ-fraction (h = 0) to the hardest one (h = 1 − ℓ, ranks ``[K − ℓK, K)``). Python numbers only.
+    """
+    start = math.floor(hard_factor * queue_size + R2M_WINDOW_TOLERANCE)
+    stop = math.floor((hard_factor + length) * queue_size + R2M_WINDOW_TOLERANCE)
+    start = min(max(start, 0), queue_size)
+    return start, min(max(stop, start), queue_size)
+
+
+def r2m_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, hard_factor: float, length: float,
+             temperature: float) -> torch.Tensor:
+    """AdaDFKD's relationship-refinement (R2M) loss: MoCo InfoNCE on a sliding window of negatives (§12.4).
+
+    ``query`` (B, d): the normalised teacher features ``q`` (with gradient to the generator);
+    ``key`` (B, d): the normalised student features ``k`` of the same samples (the positives);
+    ``queue`` (K, d): the K unit-length negatives ``Q`` (past student keys). Then
+
+        l_pos,i = q_i·k_i,   l_neg,i = q_i·Q  (K values, sorted ascending: least similar first)
+        L_R2M   = mean_i CE([l_pos,i, l_neg,i[⌊hK⌋ : ⌊(h+ℓ)K⌋]] / τ, class 0)
+
+    ``key`` and ``queue`` carry no gradient (detached here). With an empty window the loss is 0.
+    """
+    key, queue = key.detach(), queue.detach()
+    positives = (query * key).sum(dim=1, keepdim=True)
+    start, stop = r2m_window(hard_factor, length, queue.shape[0])
+    negatives = (query @ queue.t()).sort(dim=1).values[:, start:stop]
+    logits = torch.cat([positives, negatives], dim=1) / temperature
+    targets = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, targets)
+
+
+def infonce(teacher_features: torch.Tensor, student_features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """AdaDFKD's in-batch InfoNCE of the student step (§12.5).
+
+        D      = normalize(f_T) · normalize(f_S)ᵀ       (B × B cosine similarities)
+        L_NCE  = mean_i CE(D_i / τ, i)                  (positive: the same sample)
+
+    ``student_features`` are the (projected) student features, which receive the gradient;
+    ``teacher_features`` are detached. Identical, mutually orthogonal features give ≈ 0 at τ = 0.07;
+    unrelated ones about log B or more.
+    """
+    teacher_keys = F.normalize(teacher_features.detach(), dim=1)
+    similarities = teacher_keys @ F.normalize(student_features, dim=1).t()
+    targets = torch.arange(similarities.shape[0], device=similarities.device)
+    return F.cross_entropy(similarities / temperature, targets)

@@ -5,6 +5,8 @@
 * The pace grows linearly with the global KD-step counter: ``λ(k) = λ_0 + α·k`` (§5.4).
 * The generator's adversarial weight follows a warm-up / linear ramp / plateau schedule, a pure
   function of the epoch being run (§5.5, [CLEAN]: independent of the curriculum option).
+* AdaDFKD's negative window slides from the easiest to the hardest negatives, also a pure
+  function of the epoch (``hard_factor``, §12.4).
 
 Tensor functions never synchronise with the host; schedule functions work on Python numbers.
 """
@@ -148,3 +150,22 @@ def adv_weight(epoch: int, epochs: int, adv: float, grad_adv: float,
     if epoch <= 0:
         return float(adv)
     return float(_adversarial_ramp(epoch - 1, adv, grad_adv, begin_epoch, end_epoch))
+
+
+def hard_factor(epoch: int, epochs: int, begin_fraction: float, end_fraction: float, length: float) -> float:
+    """Position ``h`` of AdaDFKD's negative window while running ``epoch`` (§12.4), constant within an epoch.
+
+        h(ep) = min(max(0, (1 − ℓ)·(ep − ⌊b·E⌋) / ⌊E·(e − b)⌋), 1 − ℓ)
+
+    with ``b``, ``e`` the begin / end fractions and ``ℓ`` the window length: 0 until epoch ⌊bE⌋,
+    linear to ``1 − ℓ`` over ⌊E·(e − b)⌋ epochs, then constant; the window of R2M slides from the
+    easiest ℓ-fraction of the negatives to the hardest one. Example: E 300, b .25, e .75, ℓ .9 →
+    0 up to epoch 75, 0.1·(ep − 75)/150 in between, 0.1 from epoch 225. [CLEAN] when ⌊E·(e − b)⌋ = 0
+    (where [REF] divides by zero) the window jumps from 0 to 1 − ℓ right after epoch ⌊bE⌋.
+    """
+    begin_epoch = math.floor(epochs * begin_fraction)
+    ramp_epochs = math.floor(epochs * (end_fraction - begin_fraction))
+    top = 1.0 - length
+    if ramp_epochs <= 0:
+        return top if epoch > begin_epoch else 0.0
+    return float(min(max(0.0, top * (epoch - begin_epoch) / ramp_epochs), top))

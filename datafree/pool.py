@@ -8,7 +8,10 @@ wanted; batches are drawn like a cycling, shuffled DataLoader over the whole poo
 :class:`MemoryBank` is CMI's ring buffer of instance features, without the reference's
 ``capacity % batch == 0`` assertion and without its empty sample at exactly full capacity.
 
-Both classes hold all of their state in tensors and integers exposed through
+:class:`NegativeQueue` is AdaDFKD's MoCo-style queue of unit-length negatives (§12.4, §12.8 item 2):
+a device-resident ring buffer, full from the start, read whole, for any capacity and batch size.
+
+All three classes hold all of their state in tensors and integers exposed through
 ``state_dict`` / ``load_state_dict``, so a resumed run draws exactly the same batches.
 """
 from __future__ import annotations
@@ -21,12 +24,23 @@ import torch
 
 from datafree.augment import random_integers, random_permutation
 
-__all__ = ["ImagePool", "MemoryBank", "quantize_images"]
+__all__ = ["ImagePool", "MemoryBank", "NegativeQueue", "quantize_images"]
 
 
 def quantize_images(images: torch.Tensor) -> torch.Tensor:
     """Float images -> uint8 exactly as the [REF] PNG writer: clamp to [0, 1], ×255, truncate (§3.5)."""
     return (images.detach().float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+
+
+def ring_write_slots(pointer: int, count: int, capacity: int, device: torch.device) -> tuple[int, torch.Tensor]:
+    """Where ``count`` rows written at ``pointer`` land in a ring of ``capacity`` rows.
+
+    Returns ``(skipped, slots)``: the first ``skipped`` rows of a batch larger than the ring would
+    be overwritten by its later rows, so only rows ``skipped:`` are written, at ``slots``.
+    """
+    skipped = max(0, count - capacity)
+    start = (pointer + skipped) % capacity
+    return skipped, (start + torch.arange(count - skipped, device=device)) % capacity
 
 
 class ImagePool:
@@ -222,11 +236,8 @@ class MemoryBank:
         count = features.shape[0]
         if count == 0:
             return
-        rows = features.detach().to(device=self.device, dtype=self.features.dtype)
-        skipped = max(0, count - self.capacity)       # rows that a later row of this batch overwrites
-        rows = rows[skipped:]
-        start = (self.pointer + skipped) % self.capacity
-        slots = (start + torch.arange(rows.shape[0], device=self.device)) % self.capacity
+        skipped, slots = ring_write_slots(self.pointer, count, self.capacity, self.device)
+        rows = features[skipped:].detach().to(device=self.device, dtype=self.features.dtype)
         self.features.index_copy_(0, slots, rows)
         self.pointer = (self.pointer + count) % self.capacity
         self.total_written += count
@@ -256,3 +267,56 @@ class MemoryBank:
         self.features[:features.shape[0]] = features.to(device=self.device, dtype=self.features.dtype)
         self.pointer = int(state["pointer"])
         self.total_written = int(state["total_written"])
+
+
+class NegativeQueue:
+    """AdaDFKD's queue of negatives: ``capacity`` (K) unit vectors of width ``dim`` (§12.4, §12.8 item 2).
+
+    It starts full, with K random-normal rows normalised to unit length drawn from ``generator``
+    (the synthesizer's noise stream). ``enqueue`` writes keys at the ring pointer and wraps around
+    the end, for any batch size (no ``K % B == 0`` assertion as in [REF]; a batch longer than K
+    leaves its last K rows). ``keys`` is the whole K × dim queue.
+
+    The storage is replaced, never written in place: a ``keys`` tensor read before an ``enqueue``
+    (e.g. saved by autograd for the backward of the R2M loss) keeps its values.
+    """
+
+    def __init__(self, dim: int, capacity: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> None:
+        if capacity < 1 or dim < 1:
+            raise ValueError(f"capacity and dim must be positive, got {capacity} and {dim}")
+        self.capacity = capacity
+        self.dim = dim
+        self.device = torch.device(device)
+        initial = torch.randn((capacity, dim), device=self.device, generator=generator)
+        self._keys = torch.nn.functional.normalize(initial, dim=1)
+        self.pointer = 0  # next row to write
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """The whole queue ``(capacity, dim)`` in ring order (row ``pointer`` is the next to be replaced)."""
+        return self._keys
+
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys (N, dim)`` (detached) at the pointer, wrapping around the end (§12.4)."""
+        if keys.dim() != 2 or keys.shape[1] != self.dim:
+            raise ValueError(f"NegativeQueue.enqueue expects (N, {self.dim}) keys, got {tuple(keys.shape)}")
+        count = keys.shape[0]
+        if count == 0:
+            return
+        skipped, slots = ring_write_slots(self.pointer, count, self.capacity, self.device)
+        rows = keys[skipped:].detach().to(device=self.device, dtype=self._keys.dtype)
+        self._keys = self._keys.index_copy(0, slots, rows)
+        self.pointer = (self.pointer + count) % self.capacity
+
+    def state_dict(self) -> dict[str, Any]:
+        """The keys (CPU) and the pointer."""
+        return {"capacity": self.capacity, "dim": self.dim, "keys": self._keys.cpu().clone(), "pointer": self.pointer}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a queue with the same capacity and dim."""
+        if state["capacity"] != self.capacity or state["dim"] != self.dim:
+            raise ValueError(f"queue state is {state['capacity']}×{state['dim']}, "
+                             f"this queue is {self.capacity}×{self.dim}")
+        self._keys = state["keys"].to(device=self.device, dtype=self._keys.dtype).clone()
+        self.pointer = int(state["pointer"])

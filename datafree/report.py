@@ -19,7 +19,15 @@ the numbers. Several seeds of one cell are summarised per run first, then as mea
 standard deviation across seeds (§6.2 [CLEAN]).
 
 A run that stopped early (fewer epochs in ``metrics.jsonl`` than ``epochs`` in
-``config.yaml``) is still reported and marked partial ("epochs done/configured").
+``config.yaml``) is still reported and marked partial ("epochs done/configured"). Warm-up
+epochs (Fast, NAYER: synthesis only, logged without accuracy) count as epochs done but not in
+the accuracy statistics: μ/σ²'s burn-in counts KD epochs (METHODS.md §13 item 9).
+
+Runs are grouped into cells by method, variant (the run's ``--log_tag``, e.g. ``late2022`` or
+``fast2``), precision, dataset and pair; a label such as ``cudfkd (late2022, bf16)`` names a
+cell that is not the method's default fp32 configuration. Beside each measured cell the tables
+print the published number it should be compared with and the kind of comparison
+(:mod:`datafree.published`, METHODS.md §5.10).
 
 matplotlib is imported inside :func:`plot_accuracy` only, so tables work without it.
 """
@@ -37,9 +45,10 @@ from typing import Any, Sequence
 import yaml
 
 from datafree.errors import UsageError
+from datafree.published import Published, published, scratch_accuracy
 
 #: Method rows in the order of the paper's tables (§5.9); other methods follow alphabetically.
-PAPER_METHOD_ORDER: tuple[str, ...] = ("dafl", "zskt", "adi", "dfq", "cmi", "cudfkd")
+PAPER_METHOD_ORDER: tuple[str, ...] = ("dafl", "zskt", "adi", "dfq", "cmi", "cudfkd", "fast", "nayer", "adadfkd")
 
 #: Teacher→student columns in the order of the paper's tables (§5.9); others follow alphabetically.
 PAPER_PAIR_ORDER: tuple[tuple[str, str], ...] = (
@@ -67,6 +76,12 @@ PARTIAL_MARK: str = "†"
 
 #: Label used as teacher for supervised-from-scratch runs (train_scratch.py has no teacher).
 NO_TEACHER: str = "-"
+
+
+def cell_label(method: str, variant: str, precision: str | None) -> str:
+    """``method``, or ``method (variant, precision)`` for a variant or a precision other than fp32."""
+    qualifiers = [part for part in (variant, None if precision in (None, "fp32") else precision) if part]
+    return f"{method} ({', '.join(qualifiers)})" if qualifiers else method
 
 
 class ReportError(UsageError):
@@ -180,6 +195,9 @@ class Run:
     peak_memory_mb: float | None
     wall_seconds: float
     best_fidelity: dict[str, float]
+    variant: str = ""
+    precision: str | None = None
+    warmup_epochs: int = 0
 
     @property
     def pair(self) -> str:
@@ -187,9 +205,14 @@ class Run:
         return f"{self.teacher}→{self.student}"
 
     @property
+    def label(self) -> str:
+        """The method, with the variant and a precision other than fp32: ``cudfkd (late2022, bf16)``."""
+        return cell_label(self.method, self.variant, self.precision)
+
+    @property
     def epochs_done(self) -> int:
-        """Number of epochs recorded in ``metrics.jsonl``."""
-        return len(self.accuracies)
+        """Number of epochs recorded in ``metrics.jsonl`` (warm-up epochs included)."""
+        return self.warmup_epochs + len(self.accuracies)
 
     @property
     def is_partial(self) -> bool:
@@ -270,7 +293,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
         epoch = record.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ReportError(f"{where}: 'epoch' must be an integer >= 0, got {epoch!r}")
-        if not _finite_number(record.get("acc1")):
+        if not _finite_number(record.get("acc1")) and not (record.get("warmup") is True and "acc1" not in record):
             raise ReportError(f"{where}: 'acc1' must be a finite number, got {record.get('acc1')!r}")
         for key in ("epoch_seconds", "peak_memory_mb"):
             if record.get(key) is not None and not _finite_number(record[key]):
@@ -297,6 +320,8 @@ def load_run(path: str | Path) -> Run:
     config = _read_config(path)
     config_path = path / "config.yaml"
     records = _read_metrics(path)
+    if not any("acc1" in record for record in records):
+        raise ReportError(f"{path / 'metrics.jsonl'}: no evaluated epoch yet (only warm-up epochs)")
     if config.get("method") is None:
         method, teacher = "scratch", NO_TEACHER
         student = _config_text(config, "model", config_path)
@@ -319,10 +344,13 @@ def load_run(path: str | Path) -> Run:
         student=student,
         seed=_config_optional_int(config, "seed", config_path),
         epochs_configured=_config_optional_int(config, "epochs", config_path),
-        accuracies=tuple(float(record["acc1"]) for record in records),
+        accuracies=tuple(float(record["acc1"]) for record in records if "acc1" in record),
         peak_memory_mb=max(memories) if memories else None,
         wall_seconds=math.fsum(float(record.get("epoch_seconds") or 0.0) for record in records),
         best_fidelity=best_fidelity,
+        variant=str(config.get("log_tag") or ""),
+        precision=None if config.get("precision") is None else str(config["precision"]),
+        warmup_epochs=sum(1 for record in records if "acc1" not in record),
     )
 
 
@@ -352,9 +380,9 @@ def dataset_sort_key(dataset: str) -> tuple[int, str]:
     return (len(PAPER_DATASET_ORDER), dataset)
 
 
-def run_sort_key(run: Run) -> tuple[tuple[int, str], tuple[int, str], tuple[int, str, str], bool, int, str]:
-    """Runs in table order: method (paper order), dataset, pair (paper order), seed, path."""
-    return (method_sort_key(run.method), dataset_sort_key(run.dataset),
+def run_sort_key(run: Run) -> tuple:
+    """Runs in table order: method (paper order), variant, precision, dataset, pair (paper order), seed, path."""
+    return (method_sort_key(run.method), run.variant, run.precision or "", dataset_sort_key(run.dataset),
             pair_sort_key(run.teacher, run.student), run.seed is None, run.seed or 0, str(run.path))
 
 
@@ -382,11 +410,25 @@ class Cell:
     student: str
     runs: tuple[Run, ...]
     summary: dict[str, tuple[float | None, float | None]]
+    variant: str = ""
+    precision: str | None = None
 
     @property
     def pair(self) -> str:
         """Column label ``teacher→student``."""
         return f"{self.teacher}→{self.student}"
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.method, self.variant, self.precision)
+
+    @property
+    def published(self) -> Published | None:
+        """The published number this cell is compared with (datafree.published), if any."""
+        if self.method == "scratch":
+            value = scratch_accuracy(self.student, self.dataset)
+            return None if value is None else Published(value, "trained with data", "§2.2")
+        return published(self.method, self.variant, self.dataset, self.teacher, self.student)
 
     @property
     def partial_runs(self) -> tuple[Run, ...]:
@@ -395,18 +437,20 @@ class Cell:
 
 
 def build_cells(runs: Sequence[Run], burn_in: int, tail_drop: int) -> list[Cell]:
-    """Group runs by (method, dataset, teacher, student), summarise across seeds, and sort
-    by method (paper order), dataset, pair (paper order). Runs inside a cell are by seed."""
-    groups: dict[tuple[str, str, str, str], list[Run]] = {}
+    """Group runs by (method, variant, precision, dataset, teacher, student), summarise across seeds,
+    and sort by method (paper order), variant, precision, dataset, pair (paper order). Runs inside a
+    cell are by seed."""
+    groups: dict[tuple[str, str, str | None, str, str, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.method, run.dataset, run.teacher, run.student), []).append(run)
+        key = (run.method, run.variant, run.precision, run.dataset, run.teacher, run.student)
+        groups.setdefault(key, []).append(run)
     cells = []
-    for (method, dataset, teacher, student), members in groups.items():
+    for (method, variant, precision, dataset, teacher, student), members in groups.items():
         members = sorted(members, key=run_sort_key)
         summary = summarize_across_seeds([run_quantities(run, burn_in, tail_drop) for run in members])
-        cells.append(Cell(method, dataset, teacher, student, tuple(members), summary))
-    cells.sort(key=lambda cell: (method_sort_key(cell.method), dataset_sort_key(cell.dataset),
-                                 pair_sort_key(cell.teacher, cell.student)))
+        cells.append(Cell(method, dataset, teacher, student, tuple(members), summary, variant, precision))
+    cells.sort(key=lambda cell: (method_sort_key(cell.method), cell.variant, cell.precision or "",
+                                 dataset_sort_key(cell.dataset), pair_sort_key(cell.teacher, cell.student)))
     return cells
 
 
@@ -448,7 +492,9 @@ def _accuracy_cell_text(cell: Cell) -> str:
         text = f"{best[0]:.2f} ({last[0]:.2f} / {last5[0]:.2f})"
     else:
         text = (f"{_format_value(best)} ({last[0]:.2f} / {last5[0]:.2f}) n={len(cell.runs)}")
-    return text + (f" {PARTIAL_MARK}" if cell.partial_runs else "")
+    text += f" {PARTIAL_MARK}" if cell.partial_runs else ""
+    reference = cell.published
+    return text if reference is None else f"{text} · published {reference.describe()}"
 
 
 def render_accuracy_markdown(cells: Sequence[Cell]) -> list[str]:
@@ -456,14 +502,15 @@ def render_accuracy_markdown(cells: Sequence[Cell]) -> list[str]:
     lines = ["## Top-1 accuracy (%)", "",
              "Cell: best (last / mean of last 5 epochs); several seeds: mean ± std of best across "
              "seeds, then means of last / last 5, n = number of seeds. "
-             f"{PARTIAL_MARK} = contains a partial run.", ""]
+             f"{PARTIAL_MARK} = contains a partial run. \"published\" is the number to compare with and the kind "
+             "of comparison (reproduction, re-run, config not published, ...: METHODS.md §5.10).", ""]
     datasets = sorted({cell.dataset for cell in cells}, key=dataset_sort_key)
     for dataset in datasets:
         dataset_cells = [cell for cell in cells if cell.dataset == dataset]
         pairs = sorted({(cell.teacher, cell.student) for cell in dataset_cells},
                        key=lambda pair: pair_sort_key(*pair))
-        methods = sorted({cell.method for cell in dataset_cells}, key=method_sort_key)
-        by_position = {(cell.method, cell.teacher, cell.student): cell for cell in dataset_cells}
+        methods = [label for label in dict.fromkeys(cell.label for cell in dataset_cells)]
+        by_position = {(cell.label, cell.teacher, cell.student): cell for cell in dataset_cells}
         rows = []
         for method in methods:
             row = [method]
@@ -484,7 +531,7 @@ def render_stability_markdown(cells: Sequence[Cell], burn_in: int, tail_drop: in
     rows = []
     for cell in cells:
         rows.append([
-            cell.method, cell.dataset, cell.pair, str(len(cell.runs)),
+            cell.label, cell.dataset, cell.pair, cell.precision or "-", str(len(cell.runs)),
             _format_value(cell.summary["mu"], missing=NOT_AVAILABLE_SHORT_RUN),
             _format_value(cell.summary["var"], missing=NOT_AVAILABLE_SHORT_RUN),
             _format_value(cell.summary["best"]),
@@ -492,7 +539,7 @@ def render_stability_markdown(cells: Sequence[Cell], burn_in: int, tail_drop: in
             _format_value(cell.summary["wall_hours"]),
             ", ".join(run.progress for run in cell.runs) + (f" {PARTIAL_MARK}" if cell.partial_runs else ""),
         ])
-    lines += _markdown_table(["method", "dataset", "pair", "n", "μ", "σ²", "best",
+    lines += _markdown_table(["method", "dataset", "pair", "precision", "n", "μ", "σ²", "best",
                               "peak memory (GB)", "wall time (h)", "epochs"], rows)
     lines.append("")
     return lines
@@ -506,7 +553,8 @@ def render_runs_markdown(runs: Sequence[Run], burn_in: int, tail_drop: int) -> l
     for run in runs:
         quantities = run_quantities(run, burn_in, tail_drop)
         status = f"{run.progress} (partial)" if run.is_partial else run.progress
-        row = [run.method, run.dataset, run.pair, "-" if run.seed is None else str(run.seed), status,
+        row = [run.label, run.dataset, run.pair, run.precision or "-", "-" if run.seed is None else str(run.seed),
+               status,
                f"{quantities['best']:.2f}", str(quantities["best_epoch"]), f"{quantities['last']:.2f}",
                f"{quantities['mean_last5']:.2f}",
                _format_value((quantities["mu"], None), missing=NOT_AVAILABLE_SHORT_RUN),
@@ -514,11 +562,32 @@ def render_runs_markdown(runs: Sequence[Run], burn_in: int, tail_drop: int) -> l
         row += [_format_value((run.best_fidelity.get(key), None), digits=4) for key in fidelity_keys]
         row.append(str(run.path))
         rows.append(row)
-    header = ["method", "dataset", "pair", "seed", "epochs", "best", "best epoch", "last", "last5",
+    header = ["method", "dataset", "pair", "precision", "seed", "epochs", "best", "best epoch", "last", "last5",
               "μ", "σ²"] + [f"best {key}" for key in fidelity_keys] + ["path"]
     lines += _markdown_table(header, rows)
     lines.append("")
     return lines
+
+
+def render_comparison_markdown(cells: Sequence[Cell]) -> list[str]:
+    """Each measured cell beside the published number it should be compared with (METHODS.md §5.10)."""
+    rows = []
+    for cell in cells:
+        reference = cell.published
+        if reference is None:
+            continue
+        best = cell.summary["best"][0]
+        rows.append([cell.label, cell.dataset, cell.pair, cell.precision or "-", _format_value(cell.summary["best"]),
+                     reference.describe(), f"{best - reference.compare_with:+.2f}", reference.note or "-"])
+    if not rows:
+        return []
+    lines = ["## Compared with the published numbers", "",
+             "best − published uses the expectation where the launcher's variant has its own (different "
+             "expectation). Only a reproduction is expected to match; a re-run's number came from other code "
+             "(METHODS.md §4.7, §5.10).", ""]
+    lines += _markdown_table(["method", "dataset", "pair", "precision", "best", "published (kind)",
+                              "best − published", "note"], rows)
+    return lines + [""]
 
 
 def render_results_markdown(runs: Sequence[Run], burn_in: int, tail_drop: int) -> str:
@@ -528,6 +597,7 @@ def render_results_markdown(runs: Sequence[Run], burn_in: int, tail_drop: int) -
     cells = build_cells(runs, burn_in, tail_drop)
     lines = ["# Results", ""]
     lines += render_accuracy_markdown(cells)
+    lines += render_comparison_markdown(cells)
     lines += render_stability_markdown(cells, burn_in, tail_drop)
     partial = [run for run in runs if run.is_partial]
     if partial:
@@ -545,10 +615,14 @@ def _csv_number(value: float | None) -> str:
 def _cell_identity(cell: Cell) -> list[str]:
     """The leading CSV columns shared by both CSV files."""
     seeds = " ".join("-" if run.seed is None else str(run.seed) for run in cell.runs)
-    return [cell.method, cell.dataset, cell.teacher, cell.student, cell.pair, str(len(cell.runs)), seeds]
+    reference = cell.published
+    return [cell.method, cell.variant, cell.precision or "", cell.dataset, cell.teacher, cell.student, cell.pair,
+            str(len(cell.runs)), seeds, "" if reference is None else repr(reference.compare_with),
+            "" if reference is None else reference.kind]
 
 
-_IDENTITY_COLUMNS: tuple[str, ...] = ("method", "dataset", "teacher", "student", "pair", "n_seeds", "seeds")
+_IDENTITY_COLUMNS: tuple[str, ...] = ("method", "variant", "precision", "dataset", "teacher", "student", "pair",
+                                      "n_seeds", "seeds", "published", "published_kind")
 
 
 def _progress_columns(cell: Cell) -> list[str]:
@@ -603,7 +677,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path, burn_in: int) -> bool:
     axes = figure.add_subplot(1, 1, 1)
     for run in sorted(runs, key=run_sort_key):
         seed = "-" if run.seed is None else str(run.seed)
-        label = f"{run.method} {run.dataset} {run.pair} seed {seed}"
+        label = f"{run.label} {run.dataset} {run.pair} seed {seed}"
         if run.is_partial:
             label += f" (partial {run.progress})"
         axes.plot(range(run.epochs_done), run.accuracies, label=label, linewidth=1.2)
@@ -646,7 +720,7 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m datafree.report``."""
     parser = argparse.ArgumentParser(
-        prog="python -m datafree.report",
+        prog="python -m datafree.report", allow_abbrev=False,
         description="Accuracy / stability tables (METHODS.md §6.2) and accuracy plot from run directories.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to report")
     parser.add_argument("--out", default="report", help="output directory (default: ./report)")

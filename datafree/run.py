@@ -47,8 +47,11 @@ class EpochMeter:
     """Weighted sums of an epoch's loss terms, kept on the device (one host sync per epoch).
 
     ``add(terms, weight)`` adds ``value·weight`` and ``weight`` per term; :meth:`means` reads the
-    weighted means back. The sums, the seconds and the images seen survive a stop in the middle
-    of an epoch through :meth:`state` (stored in ``last.pth``) and the ``partial`` argument.
+    weighted means back. :meth:`time_synthesis` runs a ``synthesize()`` call and adds its time to
+    ``synthesis_seconds`` (CUDA events on a GPU, read at the end of the epoch: no host sync), the
+    synthesis-only time FastDFKD reports beside the whole epoch's time (METHODS.md §13 item 10).
+    The sums, the seconds and the images seen survive a stop in the middle of an epoch through
+    :meth:`state` (stored in ``last.pth``) and the ``partial`` argument.
     """
 
     def __init__(self, device: torch.device, partial: Mapping[str, Any] | None = None) -> None:
@@ -57,8 +60,10 @@ class EpochMeter:
         self.sums = {name: torch.tensor(value, device=device) for name, value in partial.get("sums", {}).items()}
         self.weights: dict[str, float] = dict(partial.get("weights", {}))
         self.seconds = float(partial.get("seconds", 0.0))
+        self.synthesis_seconds = float(partial.get("synthesis_seconds", 0.0))
         self.images = int(partial.get("images", 0))
         self.started = time.perf_counter()
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     def add(self, terms: Mapping[str, torch.Tensor], weight: float = 1.0) -> None:
         for name, value in terms.items():
@@ -66,10 +71,26 @@ class EpochMeter:
             self.sums[name] = self.sums[name] + contribution if name in self.sums else contribution
             self.weights[name] = self.weights.get(name, 0.0) + weight
 
+    def time_synthesis(self, synthesize: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Run ``synthesize()`` and add its duration to ``synthesis_seconds``."""
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            terms = synthesize()
+            end.record()
+            self._events.append((start, end))
+            return terms
+        started = time.perf_counter()
+        terms = synthesize()
+        self.synthesis_seconds += time.perf_counter() - started
+        return terms
+
     def pause(self) -> float:
         """Add the time since the last (re)start to ``seconds`` (syncing the device first)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+            self.synthesis_seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000.0
+            self._events = []
         now = time.perf_counter()
         self.seconds += now - self.started
         self.started = now
@@ -80,7 +101,7 @@ class EpochMeter:
 
     def state(self) -> dict[str, Any]:
         return {"sums": {name: float(total) for name, total in self.sums.items()}, "weights": dict(self.weights),
-                "seconds": self.seconds, "images": self.images}
+                "seconds": self.seconds, "synthesis_seconds": self.synthesis_seconds, "images": self.images}
 
 
 class RunLifecycle:
@@ -250,6 +271,8 @@ class RunLifecycle:
             return None
         record = {"epoch": epoch, **record, **meter.means(), "epoch_seconds": seconds,
                   "images_per_second": meter.images * self.context.world_size / max(seconds, 1e-9)}
+        if meter.synthesis_seconds:
+            record["synthesis_seconds"] = meter.synthesis_seconds
         memory = peak_memory_mb(self.device)
         if memory is not None:
             record["peak_memory_mb"] = memory
@@ -296,6 +319,7 @@ class RunLifecycle:
                    "last_acc1": accuracies[-1] if accuracies else None,
                    "mean_last5_acc1": sum(accuracies[-5:]) / len(accuracies[-5:]) if accuracies else None,
                    "wall_seconds": sum(record["epoch_seconds"] for record in records),
+                   "synthesis_seconds": sum(record.get("synthesis_seconds", 0.0) for record in records),
                    "peak_memory_mb": max(memories) if memories else None}
         atomic_write_text(json.dumps(summary, indent=2), self.run_dir / "summary.json")
         print("summary: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"

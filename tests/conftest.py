@@ -48,8 +48,8 @@ def teacher_checkpoint(tmp_path_factory, cifar10_root) -> Path:
 #: Per-method flags that keep the registry-parametrised suites tiny (warm-up off, small loops, queues
 #: and synthesis batches); used by distill_args and the builders of test_hot_loop / test_precision.
 TINY_METHOD_FLAGS: dict[str, list[str]] = {
-    "fast": ["--warmup", "0"],
-    "nayer": ["--warmup", "0", "--synthesis_batch_size", "20", "--g_loops", "1", "--gwp_loops", "1"],
+    "fast": ["--warmup", "0", "--synthesis_batch_size", "8"],
+    "nayer": ["--warmup", "0", "--synthesis_batch_size", "10", "--g_loops", "1", "--gwp_loops", "1", "--le_hidden", "64"],
     "adadfkd": ["--queue_size", "24"],
 }
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402
 
 KD, SCRATCH = "kd", "scratch"
+NAYER = ["--method", "nayer", "--warmup", "0"]
 CASES = [
     # names, numbers and sizes
     ("unknown method", KD, ["--method", "dafx"], "unknown method 'dafx'; valid methods: cudfkd, cmi"),
@@ -88,6 +89,29 @@ CASES = [
     ("scratch nan lr", SCRATCH, ["--lr", "nan"], "--lr must be a finite number"),
     ("scratch abbreviated flag", SCRATCH, ["--epoch", "3"], "unrecognized arguments: --epoch 3"),
     ("scratch tampered cifar", SCRATCH, ["--data_root", "{evil_data}"], "refused without being run"),
+    # method options (docs/METHODS.md §10-§12)
+    ("fast unknown variant", KD, ["--method", "fast", "--fast_variant", "fast3"],
+     "argument --fast_variant: invalid choice: 'fast3'"),
+    ("fast unknown meta rule", KD, ["--method", "fast", "--fast_meta", "maml"], "argument --fast_meta: invalid choice"),
+    ("fast zero lr_z", KD, ["--method", "fast", "--warmup", "0", "--lr_z", "0"], "--lr_z must be positive, got 0.0"),
+    ("fast reset epoch", KD, ["--method", "fast", "--warmup", "0", "--reset_l0_epoch", "-5"],
+     "--reset_l0_epoch must be an epoch index >= 0, or -1 for no reset; got -5"),
+    ("fast without bn and oh", KD, ["--method", "fast", "--warmup", "0", "--bn", "0", "--oh", "0"],
+     "FastDFKD needs --bn or --oh above 0"),
+    ("nayer embeddings of another class count", KD, [*NAYER, "--label_embeddings", "{nayer_rows}"],
+     "has 7 rows but the dataset has 10 classes"),
+    ("nayer embeddings 1-D", KD, [*NAYER, "--label_embeddings", "{nayer_flat}"], "has shape (512,), expected 2-D"),
+    ("nayer embeddings pickled", KD, [*NAYER, "--label_embeddings", "{nayer_pickled}"],
+     "cannot be read as a tensor saved by torch.save"),
+    ("nayer embeddings missing", KD, [*NAYER, "--label_embeddings", "{missing}"], "does not exist"),
+    ("nayer batch not divisible", KD, [*NAYER, "--synthesis_batch_size", "15"],
+     "--synthesis_batch_size (15) must be a multiple of the class count (10)"),
+    ("adadfkd zero tau", KD, ["--method", "adadfkd", "--tau", "0"], "--tau must be positive, got 0.0"),
+    ("adadfkd window too long", KD, ["--method", "adadfkd", "--length", "1.5"], "--length must be in (0, 1], got 1.5"),
+    ("adadfkd empty window", KD, ["--method", "adadfkd", "--length", "0"], "--length must be in (0, 1], got 0.0"),
+    ("adadfkd empty queue", KD, ["--method", "adadfkd", "--queue_size", "0"], "--queue_size must be at least 1, got 0"),
+    ("adadfkd negative hard", KD, ["--method", "adadfkd", "--hard", "-1"], "--hard must be >= 0, got -1.0"),
+    ("adadfkd negative s_nce", KD, ["--method", "adadfkd", "--s_nce", "-0.1"], "--s_nce must be >= 0, got -0.1"),
     # benchmarks/throughput.py and the report
     ("throughput zero kd steps", "throughput", ["--kd_steps_measured", "0"], "--kd_steps_measured must be at least 1"),
     ("throughput zero calls", "throughput", ["--synthesis_calls", "0"], "--synthesis_calls must be at least 1"),
@@ -113,6 +137,10 @@ def files(tmp_path_factory, cifar10_root, teacher_checkpoint) -> dict[str, Path]
     paths["file"].write_text("a file")
     paths["folder"].mkdir()
     paths["malformed"].with_name("malformed.json").write_text("{not json")
+    for name, content in (("nayer_rows", torch.randn(7, 512)), ("nayer_flat", torch.randn(512)),
+                          ("nayer_pickled", {"embeddings": Payload(work / "sentinel")})):
+        paths[name] = work / f"{name}.pt"
+        torch.save(content, paths[name])
     paths["partial"] = work / "partial"
     (paths["partial"] / "cifar-10-batches-py").mkdir(parents=True)
     paths["empty"] = write_cifar(work / "empty", "cifar10", n_train=10, n_test=0)
@@ -147,7 +175,7 @@ def fake_run(path: Path, kind: str, kd_args: list[str]) -> Path:
     directory = RunDirectory(path, kind)
     directory.open("new")
     options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(kd_args))
-    directory.write_config({**options, "teacher_sha256": datafree_kd.file_sha256(Path(options["teacher_ckpt"]))})
+    directory.write_config({**options, "teacher_sha256": checkpoints.file_sha256(Path(options["teacher_ckpt"]))})
     checkpoints.atomic_save({"format": checkpoints.CHECKPOINT_FORMAT, "kind": kind}, path / "last.pth")
     (path / "user_notes.txt").write_text("mine")
     return path

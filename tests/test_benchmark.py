@@ -81,3 +81,18 @@ def test_max_minutes_stops_before_overrunning_and_resume_measures_only_the_rest(
     with pytest.raises(UsageError, match="give --out"):
         throughput.main([arg for arg in command if arg not in ("--out", str(out))] + ["--resume"])
 
+
+
+def test_the_newer_methods_are_measured_with_their_warm_up_and_synthesis_time(tmp_path, tiny_teacher):
+    """Fast and NAYER warm up (20 epochs of synthesis only, NAYER with 10 batches per warm-up epoch):
+    their projection adds those epochs; every row reports seconds per synthesize() call."""
+    rows = throughput.main(["--methods", "fast,nayer,adadfkd", "--pairs", "tiny_cnn:tiny_cnn", "--device", "cpu",
+                            "--variants", "fp32", "--kd_steps_measured", "1", "--synthesis_calls", "1",
+                            "--warmup", "0", "--max_g_steps", "1", "--batch_size", "8",
+                            "--synthesis_batch_size", "10", "--ngf", "8", "--le_hidden", "16", "--queue_size", "16"])
+    assert [(row["method"], row["warmup"]) for row in rows] == [("fast", 20), ("nayer", 20), ("adadfkd", 0)]
+    for row in rows:
+        assert row["synthesis_seconds_per_call"] > 0 and row["settings"].startswith("--batch_size 8")
+        kd_epochs = row["epochs"] - row["warmup"]
+        warm_up_seconds = row["projected_hours"] * 3600 - kd_epochs * row["epoch_seconds"]
+        assert (warm_up_seconds > 0) if row["warmup"] else warm_up_seconds == pytest.approx(0, abs=1e-6)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -87,3 +88,42 @@ def test_entropy_term_is_maximised_with_the_scripts_sign():
     terms = synthesizer.generator_terms(synthesizer.normalizer(images))
     weight, entropy = terms["entropy"]
     assert weight == -20.0 and entropy.item() > 0  # loss adds lmda_ent·H with lmda_ent = −20
+
+
+def self_paced_weight(loss: float, pace: float, kind: str) -> float:
+    """§5.3's table, written out: hard, soft (linear) and log (logistic) weights."""
+    if kind == "hard":
+        return 1.0 if loss < pace else 0.0
+    if kind == "soft":
+        return max(0.0, 1.0 - loss / pace)
+    return (1.0 + math.exp(-pace)) / (1.0 + math.exp(loss - pace))
+
+
+def kl_per_sample(student: list[float], temperature: float) -> float:
+    """T²·KL(uniform ‖ softmax(s/T)) for a zero teacher (two classes)."""
+    scaled = [value / temperature for value in student]
+    log_norm = math.log(sum(math.exp(value) for value in scaled))
+    return temperature ** 2 * sum(0.5 * (math.log(0.5) - (value - log_norm)) for value in scaled)
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft", "log"])
+@pytest.mark.parametrize("loss_type", ["l1", "kl"])
+@pytest.mark.parametrize("granularity", ["sample", "batch"])
+def test_spl_granularity_on_hand_computed_values(kind, loss_type, granularity):
+    """--spl_granularity sample: (1/B) Σ v(ℓ_i, λ) ℓ_i; batch: v(ℓ̄, λ)·ℓ̄ with ℓ̄ the batch-mean loss (§5.3)."""
+    synthesizer = make_synthesizer(loss=loss_type, curr_option=f"curr_{kind}", spl_granularity=granularity, T=2.0)
+    student = [[1.0, 1.0], [3.0, 3.0], [2.0, 4.0]]
+    losses = ([sum(abs(v) for v in row) / 2 for row in student] if loss_type == "l1"
+              else [kl_per_sample(row, 2.0) for row in student])
+    pace = 2.0 + 0.5 * 2   # λ_0 + α·k at kd_step 2
+    if granularity == "sample":
+        weights = [self_paced_weight(loss, pace, kind) for loss in losses]
+        expected = sum(w * loss for w, loss in zip(weights, losses)) / 3
+        mean_weight = sum(weights) / 3
+    else:
+        mean_loss = sum(losses) / 3
+        mean_weight = self_paced_weight(mean_loss, pace, kind)
+        expected = mean_weight * mean_loss
+    loss, terms = synthesizer.student_loss(torch.tensor(student), torch.zeros(3, 2), kd_step=2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert terms["mean_sample_weight"].item() == pytest.approx(mean_weight, rel=1e-6)

@@ -24,6 +24,7 @@ def test_every_method_runs_an_epoch_end_to_end(method, tmp_path, cifar10_root, t
     assert result["stopped"] is False and result["epochs"] == 1
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["method"] == method and config["batch_size"] == 16 and config["kd_steps"] == 2
+    assert config["precision"] == "fp32" and len(config["teacher_sha256"]) == 64
     assert config["T"] == registry.METHODS[method].DEFAULTS["T"]
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("acc1", "acc5", "loss", "lr", "best_acc1", "epoch_seconds", "images_per_second",
@@ -39,14 +40,21 @@ def test_method_defaults_fill_unset_flags(tmp_path, cifar10_root, teacher_checkp
     for method, cls in registry.METHODS.items():
         args = parser.parse_args(["--method", method, "--teacher", "wrn40_2", "--student", "wrn16_1"])
         options = datafree_kd.resolve_options(args)
-        assert options["synthesis_batch_size"] == options["batch_size"]
-        for key, value in cls.DEFAULTS.items():
+        expected_bs = cls.DEFAULTS.get("synthesis_batch_size", options["batch_size"])   # = B unless published
+        assert options["synthesis_batch_size"] == expected_bs
+        for key, value in cls.defaults_for("cifar10").items():
             if key not in ("balance",):
                 assert options[key] == value, (method, key)
+        assert options["precision"] == "fp32"   # the reference numerics (§7 item 22)
     cudfkd = datafree_kd.resolve_options(parser.parse_args(
         ["--method", "cudfkd", "--teacher", "wrn40_2", "--student", "wrn16_1", "--dataset", "cifar100",
          "--lmda_ent", "-5"]))
     assert cudfkd["lambda_0"] == 1.0 and cudfkd["lambda_growth"] == 2e-5 and cudfkd["balance"] == 5.0
+    # CIFAR-100 without a launcher takes CIFAR-100's main row (the paper-era resnet34 script, §5.8),
+    # not CIFAR-10 values mixed with CIFAR-100 pace defaults.
+    main_row = {"batch_size": 768, "epochs": 300, "loss": "l1", "T": 5.0, "adv": 0.0, "grad_adv": 0.35,
+                "begin_fraction": 0.2, "end_fraction": 0.8}
+    assert {key: cudfkd[key] for key in main_row} == main_row
     assert datafree_kd.resolve_options(parser.parse_args(
         ["--method", "dafl", "--teacher", "wrn40_2", "--student", "wrn16_1"]))["T"] == 1.0
 

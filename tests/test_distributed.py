@@ -22,14 +22,29 @@ def run_two_ranks(datafree_kd_args: list[str]) -> dict[str, str]:
     return fingerprints
 
 
-def test_two_process_ddp_run_keeps_ranks_identical(tmp_path, cifar10_root, teacher_checkpoint):
+def test_two_process_ddp_run_keeps_ranks_identical_and_splits_the_global_batch(tmp_path, cifar10_root,
+                                                                              teacher_checkpoint):
     run = tmp_path / "ddp"
     fingerprints = run_two_ranks([*distill_args("dfq", cifar10_root, teacher_checkpoint, run),
                                   "--num_threads", "1", "--epochs", "2"])
     assert fingerprints["0"] == fingerprints["1"]
     assert (run / "last.pth").is_file() and (run / "metrics.jsonl").read_text().count("\n") == 2
     import yaml
-    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["world_size"], config["batch_size"], config["batch_size_per_rank"]) == (2, 16, 8)
+
+
+def test_a_global_batch_that_does_not_divide_across_ranks_is_one_line(monkeypatch):
+    import pytest
+
+    import datafree_kd
+    from datafree.errors import UsageError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = datafree_kd.build_parser().parse_args(["--method", "dafl", "--teacher", "wrn16_1", "--student", "wrn16_1",
+                                                  "--batch_size", "15"])
+    with pytest.raises(UsageError, match="--batch_size 15 is the global batch and must divide across the 2 ranks"):
+        datafree_kd.resolve_options(args)
 
 
 def test_single_process_checkpoint_resumes_on_two_ranks(tmp_path, cifar10_root, teacher_checkpoint):

@@ -22,12 +22,22 @@ SCRIPTS = REPO / "scripts"
 NOT_LAUNCHERS = {SCRIPTS / "quickstart.sh", SCRIPTS / "make_launchers.py"}
 
 BASELINES = ("dafl", "zskt", "dfq", "adi", "cmi")
-DATA_FREE = (*BASELINES, "cudfkd")
+DATA_FREE = (*BASELINES, "cudfkd", "fast", "nayer", "adadfkd")
 CELLS = {
     ("cifar10", "resnet34", "resnet18"), ("cifar10", "vgg11", "resnet18"), ("cifar10", "wrn40_2", "wrn40_1"),
     ("cifar10", "wrn40_2", "wrn16_2"), ("cifar10", "wrn40_2", "wrn16_1"),
     ("cifar100", "resnet34", "resnet18"), ("cifar100", "vgg11", "resnet18"), ("cifar100", "wrn40_2", "wrn40_1"),
     ("cifar100", "wrn40_2", "wrn16_2"),
+}
+ALL_CELLS = CELLS | {("cifar100", "wrn40_2", "wrn16_1")}   # Fast and NAYER report the fifth CIFAR-100 pair too
+#: method -> the set of (dataset, teacher, student, variant) its launchers cover (§5.8, §10.8, §11.8, §12.6).
+EXPECTED = {
+    **{method: {(*cell, "") for cell in CELLS} for method in (*BASELINES, "adadfkd")},
+    "cudfkd": {(*cell, "") for cell in CELLS} | {(*cell, "late2022") for cell in (
+        ("cifar10", "wrn40_2", "wrn16_2"), ("cifar10", "wrn40_2", "wrn16_1"), ("cifar100", "resnet34", "resnet18"),
+        ("cifar100", "vgg11", "resnet18"))},
+    "fast": {(*cell, variant) for cell in ALL_CELLS for variant in ("fast2", "fast5", "fast10")},
+    "nayer": {(*cell, variant) for cell in ALL_CELLS for variant in ("nayer100", "nayer200", "nayer300")},
 }
 SCRATCH_MODELS = ("resnet34", "vgg11", "wrn40_2", "resnet18", "wrn16_1", "wrn40_1", "wrn16_2")
 PROGRAM = {"scratch": "train_scratch.py", **{method: "datafree_kd.py" for method in DATA_FREE}}
@@ -104,7 +114,8 @@ def test_names_match_flags(launched):
         else:
             assert argv[1:9:2] == ["--method", "--dataset", "--teacher", "--student"], path
             assert values["method"] == method, f"{path} runs --method {values['method']}"
-            expected = f"{values['method']}_{values['dataset']}_{values['teacher']}_{values['student']}.sh"
+            variant = f"_{values['log_tag']}" if "log_tag" in values else ""
+            expected = f"{values['method']}_{values['dataset']}_{values['teacher']}_{values['student']}{variant}.sh"
         assert path.name == expected, f"{path.name} runs {expected}"
 
 
@@ -116,10 +127,11 @@ def test_exact_set_of_launchers(launched):
         if method == "scratch":
             cells.setdefault(method, set()).add((values["dataset"], values["model"]))
         else:
-            cells.setdefault(method, set()).add((values["dataset"], values["teacher"], values["student"]))
+            cells.setdefault(method, set()).add((values["dataset"], values["teacher"], values["student"],
+                                                 values.get("log_tag", "")))
     assert set(cells) == {"scratch", *DATA_FREE}
     for method in DATA_FREE:
-        assert cells[method] == CELLS, method
+        assert cells[method] == EXPECTED[method], method
     assert cells["scratch"] == {(d, m) for d in ("cifar10", "cifar100") for m in SCRATCH_MODELS}
 
 

@@ -140,3 +140,27 @@ def test_fp16_synthesis_steps_go_through_a_loss_scaler(method, tmp_path, cifar10
     assert backed_off <= scale / 4 if method in ("adi", "cmi", "dafl", "zskt", "dfq", "cudfkd") else backed_off < scale
     assert (len(before) > 0) == (method != "adi") and all(torch.equal(b, a) for b, a in zip(before, trained))
     assert synthesizer.state_dict()["scaler"]["scale"] == backed_off   # resumed with the same scale
+
+
+def test_precision_defaults_to_fp32_and_evaluation_always_runs_in_fp32(tmp_path, cifar10_root, tiny_teacher):
+    """The reference numerics by default (§7 item 22); a bf16 run is still measured in fp32, so its
+    logged accuracy equals an fp32 evaluation of the same weights, and its precision is recorded."""
+    from datafree.evaluation import evaluate
+    from tiny_models import TinyCNN
+
+    common = ["--method", "cudfkd", "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
+              "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--device", "cpu",
+              "--no_progress", "--epochs", "1", "--ep_steps", "2", "--kd_steps", "2", "--batch_size", "16",
+              "--ngf", "8"]
+    default = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(common))
+    assert default["precision"] == "fp32"
+    run = tmp_path / "bf16"
+    summary = datafree_kd.main([*common, "--save_dir", str(run), "--precision", "bf16"])
+    assert summary["precision"] == "bf16" and json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    record = json.loads((run / "metrics.jsonl").read_text())
+    student = TinyCNN(10)
+    student.load_state_dict(torch.load(run / "last.pth", weights_only=True)["state_dict"])
+    options = {**default, "save_dir": str(run)}
+    measured = evaluate(student, datafree_kd.load_test_batches(options, numerics.Numerics(torch.device("cpu"),
+                                                                                          None, False)))
+    assert (measured["acc1"], measured["loss"]) == (record["acc1"], record["loss"])

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from datafree.models.generators import CurriculumGenerator, GeneratorS, LargeGenerator, reset_generator_init
+from datafree.models.generators import (CurriculumGenerator, GeneratorS, LargeGenerator, NoisyLayerGenerator,
+                                        reset_default_init, reset_generator_init)
 from datafree.models.normalizer import Normalizer
 from datafree.models.resnet import ResNet, resnet18, resnet34
 from datafree.models.vgg import VGG, vgg11
@@ -39,9 +40,11 @@ __all__ = [
     "CurriculumGenerator",
     "GeneratorS",
     "LargeGenerator",
+    "NoisyLayerGenerator",
     "Normalizer",
     "ResNet",
     "VGG",
     "WideResNet",
+    "reset_default_init",
     "reset_generator_init",
 ]

@@ -1,4 +1,5 @@
-"""Latent-to-image generators G-S, G-L and G-Cu, and their re-initialisation (METHODS.md §1.7).
+"""Latent-to-image generators G-S, G-L and G-Cu, NAYER's noisy-layer generator, and their
+re-initialisations (METHODS.md §1.7, §11.4).
 
 All three map ``z`` of shape ``(B, nz)`` to images in [0, 1] (sigmoid output)
 of shape ``(B, 3, img_size, img_size)``: a Linear projection reshaped to a
@@ -8,12 +9,17 @@ PyTorch defaults (momentum 0.1, eps 1e-5).
 
 Constructors leave PyTorch's default init (what DAFL/ZSKT/DFQ use). Methods
 that need the §1.7 init (CMI at every synthesis call, CuDFKD once at
-construction) call :func:`reset_generator_init` themselves.
+construction) call :func:`reset_generator_init` themselves; NAYER re-creates its
+generator with PyTorch's default init drawn from its own RNG stream
+(:func:`reset_default_init`, §11.6).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LEAKY_RELU_SLOPE = 0.2
@@ -64,22 +70,124 @@ def start_size_for(img_size: int, num_upsamplings: int) -> int:
     return img_size // factor
 
 
+def gs_body(ngf: int) -> list[nn.Module]:
+    """The "G-S body", everything of G-S after its Linear (§1.7; shared with NAYER, §11.4).
+
+    BN(2ngf) -> Up -> conv 2ngf->2ngf (no bias) -> BN -> LReLU -> Up -> conv 2ngf->ngf (no bias)
+    -> BN -> LReLU -> conv ngf->3 (bias) -> Sigmoid; 223,555 parameters with ngf=64.
+    """
+    start_channels = 2 * ngf
+    layers: list[nn.Module] = [nn.BatchNorm2d(start_channels), nn.Upsample(scale_factor=2, mode="nearest")]
+    layers += conv_bn_leaky_relu(start_channels, start_channels)
+    layers += [nn.Upsample(scale_factor=2, mode="nearest")]
+    layers += conv_bn_leaky_relu(start_channels, ngf)
+    layers += to_rgb(ngf)
+    return layers
+
+
 class GeneratorS(ProjectedConvGenerator):
     """G-S, the CMI / Fast-Datafree "Generator" (§1.7).
 
-    Linear(nz -> 2*ngf*s0*s0), s0 = img_size/4 -> BN(2ngf) -> Up -> conv 2ngf->2ngf
-    -> BN -> LReLU -> Up -> conv 2ngf->ngf -> BN -> LReLU -> conv ngf->3 -> Sigmoid.
-    2,328,899 parameters with nz=256, ngf=64.
+    Linear(nz -> 2*ngf*s0*s0), s0 = img_size/4, then the G-S body (:func:`gs_body`):
+    BN(2ngf) -> Up -> conv 2ngf->2ngf -> BN -> LReLU -> Up -> conv 2ngf->ngf -> BN -> LReLU
+    -> conv ngf->3 -> Sigmoid. 2,328,899 parameters with nz=256, ngf=64.
     """
 
     def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32) -> None:
-        start_channels = 2 * ngf
-        layers: list[nn.Module] = [nn.BatchNorm2d(start_channels), nn.Upsample(scale_factor=2, mode="nearest")]
-        layers += conv_bn_leaky_relu(start_channels, start_channels)
-        layers += [nn.Upsample(scale_factor=2, mode="nearest")]
-        layers += conv_bn_leaky_relu(start_channels, ngf)
-        layers += to_rgb(ngf)
-        super().__init__(nz, start_channels, start_size_for(img_size, 2), layers)
+        super().__init__(nz, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf))
+
+
+class NoisyLayers(nn.Module):
+    """NAYER's ``nle`` noisy layers ``NL_c = Linear(D -> hidden)``, applied chunk-wise (§11.4).
+
+    Rows ``[c·chunk, (c+1)·chunk)`` of the input go through layer ``c`` (the last chunk may be
+    shorter). The ``nle`` layers are stored as one weight ``(nle, hidden, D)`` and one bias
+    ``(nle, hidden)`` and applied with a single batched matmul; this is the same function and the
+    same parameter count as ``nle`` separate ``nn.Linear`` modules, without ``nle`` kernel launches.
+    """
+
+    def __init__(self, count: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        if count < 1 or in_features < 1 or out_features < 1:
+            raise ValueError(f"noisy layers need positive sizes, got count={count}, "
+                             f"in_features={in_features}, out_features={out_features}")
+        self.count, self.in_features, self.out_features = count, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(count, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(count, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """PyTorch's ``nn.Linear`` default, layer by layer: kaiming-uniform(a=√5) weights (bound
+        1/√D) and biases uniform in ±1/√D."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            for layer in range(self.count):
+                nn.init.kaiming_uniform_(self.weight[layer], a=math.sqrt(5), generator=generator)
+                nn.init.uniform_(self.bias[layer], -bound, bound, generator=generator)
+
+    def re_init(self, generator: torch.Generator | None = None) -> None:
+        """NAYER's per-batch re-initialisation (``re_init_le``, §11.4): weights ~ N(0, 1), biases 0."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, 1.0, generator=generator)
+            self.bias.zero_()
+
+    def forward(self, inputs: torch.Tensor, chunk: int) -> torch.Tensor:
+        """``(N, D) -> (N, hidden)``: rows ``[c·chunk, (c+1)·chunk)`` through layer ``c``."""
+        rows = inputs.shape[0]
+        chunks = -(-rows // chunk)
+        if chunks > self.count:
+            raise ValueError(f"{rows} rows need {chunks} noisy layers of {chunk} rows, but there are {self.count}")
+        padded = F.pad(inputs, (0, 0, 0, chunks * chunk - rows)).view(chunks, chunk, self.in_features)
+        outputs = torch.baddbmm(self.bias[:chunks, None, :], padded, self.weight[:chunks].transpose(1, 2))
+        return outputs.reshape(chunks * chunk, self.out_features)[:rows]
+
+    def extra_repr(self) -> str:
+        return f"count={self.count}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class NoisyLayerGenerator(nn.Module):
+    """NAYER's ``NLGenerator``: label embedding -> BN1d -> noisy layer -> Linear -> G-S body (§11.4).
+
+    ``embeddings`` (C × D) is a constant, non-persistent buffer (the label-text embeddings, or
+    an offline substitute, §11.3). For labels ``y`` (length ``N``)::
+
+        h = BatchNorm1d(D)(E[y])                      # always batch statistics
+        u[rows c·C..(c+1)·C) = NL_c(h[rows])          # nle = ⌈batch_size / C⌉ noisy layers D -> hidden
+        image = G-S body(Linear(hidden -> 2·ngf·s0²)(u) reshaped to 2ngf × s0 × s0)
+
+    With balanced labels (every C consecutive rows hold each class once, §11.4) noisy layer
+    ``c`` makes one image per class. Parameters with ngf 64, hidden 1000, batch 400, D 512:
+    28,944,771 (C = 10) and 10,476,771 (C = 100). The BN1d keeps no running statistics: NAYER
+    only ever uses it in training mode, so this changes nothing but makes ``eval()`` harmless.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, hidden: int = 1000, ngf: int = 64, img_size: int = 32,
+                 batch_size: int = 400) -> None:
+        super().__init__()
+        if embeddings.dim() != 2 or embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
+            raise ValueError(f"embeddings must be a non-empty C x D matrix, got shape {tuple(embeddings.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.num_classes, self.embedding_dim = embeddings.shape
+        self.hidden = hidden
+        self.register_buffer("embeddings", embeddings.detach().float().clone(), persistent=False)
+        self.embedding_norm = nn.BatchNorm1d(self.embedding_dim, track_running_stats=False)
+        self.noisy_layers = NoisyLayers(-(-batch_size // self.num_classes), self.embedding_dim, hidden)
+        self.decoder = ProjectedConvGenerator(hidden, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf))
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, 3, img_size, img_size)`` in [0, 1] for class labels ``(N,)``."""
+        normalised = self.embedding_norm(self.embeddings[labels])
+        return self.decoder(self.noisy_layers(normalised, chunk=self.num_classes))
+
+    def re_init_noisy_layers(self, generator: torch.Generator | None = None) -> None:
+        """Re-initialise the noisy layers only (weights ~ N(0, 1), biases 0), before every batch (§11.4)."""
+        self.noisy_layers.re_init(generator)
+
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        """The parameters that survive a batch: everything except the noisy layers."""
+        noisy = {id(parameter) for parameter in self.noisy_layers.parameters()}
+        return [parameter for parameter in self.parameters() if id(parameter) not in noisy]
 
 
 class LargeGenerator(ProjectedConvGenerator):
@@ -144,3 +252,27 @@ def reset_generator_init(module: nn.Module, generator: torch.Generator | None = 
                 nn.init.normal_(submodule.weight, 1.0, INIT_STD, generator=generator)
             if submodule.bias is not None:
                 nn.init.zeros_(submodule.bias)
+
+
+def reset_default_init(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Re-initialise ``module`` in place exactly as its constructors did (PyTorch's defaults, §11.6).
+
+    Linear and conv weights: kaiming-uniform with a = √5, biases uniform in ±1/√fan_in (what
+    ``reset_parameters`` of ``nn.Linear`` / ``nn.Conv2d`` draws); BatchNorm weights 1, biases 0,
+    running statistics reset; :class:`NoisyLayers` layer by layer like ``nn.Linear``. With
+    ``generator`` the draws come from that ``torch.Generator`` instead of the global RNG, in
+    module order (weight, then bias). The modules and parameters stay the same objects, so
+    optimizers, references and a DDP wrapper survive.
+    """
+    with torch.no_grad():
+        for submodule in module.modules():
+            if isinstance(submodule, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_uniform_(submodule.weight, a=math.sqrt(5), generator=generator)
+                if submodule.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(submodule.weight)
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(submodule.bias, -bound, bound, generator=generator)
+            elif isinstance(submodule, NoisyLayers):
+                submodule.reset_parameters(generator=generator)
+            elif isinstance(submodule, nn.modules.batchnorm._BatchNorm):
+                submodule.reset_parameters()

@@ -1,6 +1,261 @@
-"""AdaDFKD: CuDFKD with adaptive inter-sample relationships (§12). STUB: being implemented."""
+"""AdaDFKD — CuDFKD with adaptive relationships between samples (METHODS.md §12).
+
+Everything of CuDFKD is kept (§12.3): the G-Cu generator, its entropy / one-hot / BN terms, the
+adversarial ramp, the pace and the self-paced student loss. AdaDFKD adds two contrastive terms on
+the penultimate features:
+
+* **Generator: R2M, weight ``hard``** (§12.4). The teacher features of a synthetic sample
+  (queries ``q``, with gradient to the generator) are pulled towards the student features of the
+  same sample (keys ``k``, no gradient) and away from a *window* of negatives taken from a queue
+  of past student keys, ranked by similarity: ranks ``[⌊hK⌋, ⌊(h+ℓ)K⌋)`` of the K negatives
+  sorted ascending. ``h = hard_factor(epoch)`` slides the window from the easiest (least similar)
+  ℓ-fraction to the hardest one between the begin and end fractions of training. After the loss
+  the keys enter the queue. The adversarial KL has no agreement mask (``--adv_mask off``).
+* **Student: in-batch InfoNCE, weight ``s_nce``** (§12.5): ``L_NCE = mean_i CE(D_i/τ, i)`` with
+  ``D`` the B×B cosine matrix between teacher and (projected) student features; the scalar is
+  added to every per-sample KD loss before the self-paced weighting, which by default acts on the
+  batch mean (``--spl_granularity batch``, the [REF] HEAD state).
+
+[CLEAN] choices (§12.8): when the feature widths differ, one persistent ``Linear(d_S, d_T)``
+projection is shared by both terms and trained by the student's optimizer (item 1; [REF] draws a
+new random one at every use, reproduced by ``--ada_ref_random_projection``); the queue is a
+device-resident ring buffer for any K and batch size (item 2, ``--queue_size`` = [REF]
+``--N_neg``); the loss sum is out of place (item 4). Under torchrun every rank enqueues the keys of
+all ranks, so all ranks hold the same queue (§12.9).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree import curriculum
+from datafree.criterions import infonce, r2m_loss
+from datafree.errors import UsageError
+from datafree.pool import NegativeQueue
+from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
 
 
+def feature_width(model: nn.Module, image_size: int, device: torch.device) -> int:
+    """Width of ``model``'s penultimate features: its ``feature_dim`` attribute, else one eval()
+    forward of a blank image (no gradient; the model's mode is restored)."""
+    width = getattr(model, "feature_dim", None)
+    if width is not None:
+        return int(width)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, features = model(torch.zeros(1, 3, image_size, image_size, device=device), return_features=True)
+    finally:
+        model.train(was_training)
+    return int(features.shape[1])
+
+
 class AdaDFKDSynthesizer(CuDFKDSynthesizer):
-    """AdaDFKD: CuDFKD with adaptive inter-sample relationships (§12)."""
+    """AdaDFKD: CuDFKD (§5) plus the R2M generator term and the student's InfoNCE (§12)."""
+
+    #: CuDFKD's settings with the HEAD CIFAR-10 resnet34→resnet18 row of §12.6 (B 768, E 300, kl, T 20,
+    #: λ_0 2.2, adv 1 / grad_adv 0, ramp .25/.75, ℓ 0.9, s_nce 0.1, K 4096; its seed 3407 is the launcher's)
+    #: and the common AdaDFKD values (hard 0.1, τ 0.07, no agreement mask, batch-level self-paced weight).
+    DEFAULTS = {**CuDFKDSynthesizer.DEFAULTS, "batch_size": 768, "epochs": 300, "loss": "kl", "T": 20.0,
+                "lambda_0": 2.2, "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.25, "end_fraction": 0.75,
+                "length": 0.9, "s_nce": 0.1, "queue_size": 4096, "hard": 0.1, "tau": 0.07, "adv_mask": "off",
+                "spl_granularity": "batch", "ada_ref_random_projection": False}
+    #: §12.6 ``cifar100_wrn402_wrn162`` row (the HEAD file whose name matches its content).
+    DATASET_DEFAULTS = {"cifar100": {"batch_size": 1024, "epochs": 500, "loss": "kl", "T": 2.0, "lambda_0": 1.2,
+                                     "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.2, "end_fraction": 0.79,
+                                     "length": 0.8, "s_nce": 0.15, "queue_size": 16384}}
+    #: The student loss needs the penultimate features of both networks (§12.9).
+    needs_features = True
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        super().__init__(setup, options)
+        self.r2m_weight = float(options["hard"])
+        self.contrast_temperature = float(options["tau"])
+        self.window_length = float(options["length"])
+        self.nce_weight = float(options["s_nce"])
+        self.ref_random_projection = bool(options["ada_ref_random_projection"])
+        self.student_width = feature_width(setup.student, setup.image_size, setup.device)
+        self.teacher_width = feature_width(setup.teacher, setup.image_size, setup.device)
+        # P: Linear(d_S, d_T) when the widths differ (§12.8 item 1); the student's SGD trains it.
+        self.projection: nn.Linear | None = None
+        if self.student_width != self.teacher_width and not self.ref_random_projection:
+            self.projection = nn.Linear(self.student_width, self.teacher_width).to(setup.device)
+        self.trained_projection: nn.Module | None = self.projection  # DDP-wrapped by distribute()
+        self.queue = NegativeQueue(self.teacher_width, int(options["queue_size"]), setup.device, self.noise_stream)
+        self.gather_keys = False  # set by distribute(): enqueue the keys of all ranks
+        self.hard_factor = curriculum.hard_factor(0, setup.epochs, self.begin_fraction, self.end_fraction,
+                                                  self.window_length)
+        self._recording = False
+        self._recorded: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--hard", type=float, default=None,
+                           help="AdaDFKD weight of the R2M contrastive generator term (0.1, §12.4)")
+        group.add_argument("--tau", type=float, default=None,
+                           help="AdaDFKD temperature of the R2M and InfoNCE terms (0.07)")
+        group.add_argument("--length", type=float, default=None,
+                           help="AdaDFKD fraction ℓ of the negatives inside the R2M window, in (0, 1] (§12.4)")
+        group.add_argument("--s_nce", type=float, default=None,
+                           help="AdaDFKD weight of the student's in-batch InfoNCE (§12.5)")
+        group.add_argument("--queue_size", type=int, default=None,
+                           help="AdaDFKD number K of negatives in the queue ([REF] --N_neg; any K, §12.8)")
+        group.add_argument("--ada_ref_random_projection", action="store_true", default=None,
+                           help="[REF] bug: a new random Linear(d_S, d_T) at every use instead of one trained "
+                                "projection when the feature widths differ (§12.8 item 1)")
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        if not options["tau"] > 0:
+            raise UsageError(f"--tau must be positive, got {options['tau']}")
+        if not 0 < options["length"] <= 1:
+            raise UsageError(f"--length must be in (0, 1], got {options['length']}")
+        if options["hard"] < 0:
+            raise UsageError(f"--hard must be >= 0, got {options['hard']}")
+        if options["s_nce"] < 0:
+            raise UsageError(f"--s_nce must be >= 0, got {options['s_nce']}")
+        if options["queue_size"] < 1:
+            raise UsageError(f"--queue_size must be at least 1, got {options['queue_size']}")
+
+    # ------------------------------------------------------------------ sharing
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """The generator as in GenerativeSynthesizer; the projection's gradients averaged across ranks;
+        one queue for all ranks: rank 0's initial keys, then every rank enqueues all ranks' keys (§12.9)."""
+        super().distribute(wrap)
+        if self.projection is not None:
+            self.trained_projection = wrap(self.projection)
+        if self.setup.world_size > 1 and dist.is_available() and dist.is_initialized():
+            self.gather_keys = True
+            dist.broadcast(self.queue.keys, src=0)  # before any read: nothing else holds this tensor yet
+
+    def student_extra_parameters(self) -> list[nn.Parameter]:
+        """The persistent projection P, trained by the student's optimizer (§12.8 item 1)."""
+        return [] if self.projection is None else list(self.projection.parameters())
+
+    # ------------------------------------------------------------------ features
+    def project(self, student_features: torch.Tensor) -> torch.Tensor:
+        """``P(f_S)`` in the teacher's feature space: identity when the widths match; else the shared
+        projection (through its DDP wrapper while gradients are recorded), or with
+        ``--ada_ref_random_projection`` a new random ``Linear`` drawn from the noise stream ([REF])."""
+        if self.student_width == self.teacher_width:
+            return student_features
+        if self.ref_random_projection:
+            # nn.Linear's default init: weight and bias uniform in ±1/√d_S.
+            bound = 1.0 / math.sqrt(self.student_width)
+            weight = self.uniform(bound, self.teacher_width, self.student_width)
+            bias = self.uniform(bound, self.teacher_width)
+            return F.linear(student_features, weight, bias)
+        assert self.projection is not None and self.trained_projection is not None
+        network = self.trained_projection if torch.is_grad_enabled() else self.projection
+        return network(student_features)
+
+    def uniform(self, bound: float, *shape: int) -> torch.Tensor:
+        """Uniform noise in [−bound, bound) from the noise stream."""
+        draw = torch.rand(*shape, device=self.device, generator=self.noise_stream)
+        return (2.0 * draw - 1.0) * bound
+
+    def teacher_forward(self, images: torch.Tensor, return_features: bool = False):
+        """As the base class; inside :meth:`generator_terms` the features are kept for R2M."""
+        output = super().teacher_forward(images, return_features)
+        if self._recording and return_features:
+            self._recorded["teacher_features"] = output[1]
+        return output
+
+    def student_forward_eval(self, images: torch.Tensor, return_features: bool = False):
+        """As the base class; inside :meth:`generator_terms` the adversarial term's student query
+        also returns the features, kept for R2M (one student forward serves both terms)."""
+        if not self._recording or return_features:
+            return super().student_forward_eval(images, return_features)
+        logits, features = super().student_forward_eval(images, return_features=True)
+        self._recorded["student_features"] = features
+        return logits
+
+    # ------------------------------------------------------------------ generator side (§12.4)
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        schedule = super().begin_epoch(epoch)
+        self.hard_factor = curriculum.hard_factor(epoch, self.setup.epochs, self.begin_fraction,
+                                                  self.end_fraction, self.window_length)
+        return {**schedule, "hard_factor": self.hard_factor}
+
+    def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """CuDFKD's terms (§5.2, adversarial KL unmasked by default) plus ``hard·L_R2M`` (§12.4).
+
+        The teacher and student forwards CuDFKD runs are recorded and reused; the student is
+        queried whenever ``hard > 0``, even while the adversarial weight is 0.
+        """
+        self._recorded = {}
+        self._recording = True
+        try:
+            terms = super().generator_terms(images)
+        finally:
+            self._recording = False
+        recorded, self._recorded = self._recorded, {}
+        if self.r2m_weight > 0:
+            student_features = recorded.get("student_features")
+            if student_features is None:  # adversarial weight 0: CuDFKD did not query the student
+                _, student_features = self.student_forward_eval(images, return_features=True)
+            terms["r2m"] = (self.r2m_weight, self.relationship_loss(recorded["teacher_features"], student_features))
+        return terms
+
+    def relationship_loss(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
+        """``L_R2M`` on the current window of the queue, then enqueue the batch's keys (§12.4).
+
+        ``q = normalize(f_T)`` carries the gradient to the generator; ``k = normalize(P(f_S))`` none.
+        The queue's tensor is replaced, not modified, by the enqueue, so the backward sees the
+        negatives the loss used.
+        """
+        query = F.normalize(teacher_features, dim=1)
+        with torch.no_grad():
+            key = F.normalize(self.project(student_features.detach()), dim=1)
+        loss = r2m_loss(query, key, self.queue.keys, self.hard_factor, self.window_length,
+                        self.contrast_temperature)
+        self.queue.enqueue(self.all_ranks(key))
+        return loss
+
+    def all_ranks(self, keys: torch.Tensor) -> torch.Tensor:
+        """The keys of every rank in rank order (all_gather) under torchrun, else ``keys``."""
+        if not self.gather_keys:
+            return keys
+        parts = [torch.empty_like(keys) for _ in range(self.setup.world_size)]
+        dist.all_gather(parts, keys.contiguous())
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------ student side (§12.5)
+    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, kd_step: int,
+                     features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``ℓ_i = ℓ_KD,i + s_nce·L_NCE`` weighted by the curriculum (§12.5): ``v·ℓ̄`` with
+        ``--spl_granularity batch`` (default), ``(1/B) Σ v_i ℓ_i`` with ``sample``.
+
+        ``features = (f_S, f_T)``; ``L_NCE = infonce(f_T, P(f_S), τ)`` is logged as ``loss_nce``.
+        """
+        if features is None:
+            raise ValueError("AdaDFKD's student loss needs features=(student_features, teacher_features)")
+        student_features, teacher_features = features
+        nce = infonce(teacher_features, self.project(student_features), self.contrast_temperature)
+        losses = self.per_sample_loss(student_logits, teacher_logits) + self.nce_weight * nce
+        loss, terms = self.self_paced_loss(losses, kd_step)
+        return loss, {**terms, "loss_nce": nce.detach()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), "queue": self.queue.state_dict()}
+        if self.projection is not None:
+            state["projection"] = self.projection.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.queue.load_state_dict(state["queue"])
+        if self.projection is not None:
+            self.projection.load_state_dict(state["projection"])

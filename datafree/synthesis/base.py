@@ -200,12 +200,13 @@ class Synthesizer:
             return output[0].float(), output[1].float()
         return output.float()
 
-    def student_forward_eval(self, images: torch.Tensor) -> torch.Tensor:
+    def student_forward_eval(self, images: torch.Tensor, return_features: bool = False):
         """Student logits with the student in eval() (BN running stats), as in the references.
 
         Gradients flow to ``images`` only: the student's parameters are switched to
         ``requires_grad=False`` for the query (the references compute and discard those
-        weight gradients, §8.1), then restored.
+        weight gradients, §8.1), then restored. ``return_features=True`` returns
+        ``(logits, features)`` (the penultimate features, for AdaDFKD's R2M term, §12.4), both float32.
         """
         was_training = self.student.training
         flags = [parameter.requires_grad for parameter in self.student.parameters()]
@@ -214,12 +215,16 @@ class Synthesizer:
         try:
             with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
                                 enabled=self.setup.autocast_dtype is not None):
-                logits = self.student(self.memory_format(images)).float()
+                if return_features:
+                    logits, features = self.student(self.memory_format(images), return_features=True)
+                    output = (logits.float(), features.float())
+                else:
+                    output = self.student(self.memory_format(images)).float()
         finally:
             for parameter, flag in zip(self.student.parameters(), flags):
                 parameter.requires_grad_(flag)
             self.student.train(was_training)
-        return logits
+        return output
 
     def optimizer_step(self, loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> None:
         """Backward of ``loss`` and one step of each optimizer, through the loss scaler.

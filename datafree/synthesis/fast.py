@@ -1,6 +1,300 @@
-"""FastDFKD: a meta-learned generator adapted for a few steps per batch (§10). STUB: being implemented."""
-from datafree.synthesis.pooled import PooledSynthesizer
+"""FastDFKD: a meta-learned generator adapted for a few steps per batch (METHODS.md §10).
+
+One **meta-generator** (G-S, §1.7, ``nz = 256``, PyTorch default init, §10.3) is the
+initialisation of every synthetic batch's generator. One ``synthesize()`` (§10.6):
+
+1. copy the meta weights θ (and BN buffers) into the **fast generator** θ' (one module reused
+   for every call, in train mode); draw a fresh learnable latent batch ``z`` (Bs × nz) and
+   target labels ``y`` from the noise stream; build a fresh inner Adam over
+   ``[θ' @ lr_g, z @ lr_z]``;
+2. run ``k = g_steps`` inner iterations on (§10.4)
+
+       L = bn·L_bn^mmt + oh·CE(t, y) + adv·L_adv,    t = teacher(A(G_θ'(z))),
+
+   where ``A`` is random crop (pad 4) + flip + normalise, ``L_bn^mmt`` the momentum BN loss of
+   the teacher hook (§10.4, ``--bn_mmt``), and ``L_adv`` the masked adversarial KL at T = 1
+   without T² against the eval-mode student — only once the adversarial gate is open
+   (epoch ≥ warmup − 1, the [REF] synthesis-counter quirk ``n ≥ warmup`` of §10.7);
+   the lowest-``L`` iterate ``g`` is remembered without a host sync;
+3. **meta-update** (§10.5) with the persistent meta Adam (lr ``k·lr_g``): FOMAML-sum (default,
+   the meta-gradient is the sum of the k inner gradients ``Σ_j ∇_θ' L_j``) or Reptile
+   (``67·(θ − θ'_k)``);
+4. blend the statistics of the last teacher forward into the BN hook's momentum memory and append
+   the best ``g`` to the image pool (§3.5).
+
+The student learns from the whole pool (crop + flip) with KL at T = 20, ×T² (§10.7).
+
+[CLEAN] (§10.10): ``--reset_l0_epoch`` (default ``warmup + 119``; −1 = never) re-initialises the
+meta-generator's Linear and first BN at the start of that epoch (the fixed ``c188487`` state,
+with the [REF] N(0, 0.02) draw for the BN γ), once; the fast generator is a device-agnostic copy;
+the pool lives in memory; ``--fast_meta fomaml|reptile`` and ``--fast_variant fast2|fast5|fast10``
+(§10.8) name the reference's switches. Under fp16 the meta step goes through the same loss scaler
+as the inner steps and is skipped when any meta-gradient is not finite. In multi-process runs
+the meta-gradient is averaged over the ranks before the meta step, so every rank keeps one
+meta-generator (§10.11).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.augment import random_crop_flip
+from datafree.criterions import adversarial_kl_masked
+from datafree.errors import UsageError
+from datafree.models import GeneratorS
+from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+
+#: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
+FAST_VARIANTS: dict[str, dict[str, Any]] = {
+    "fast2": {"g_steps": 2, "lr_g": 5e-3, "lr_z": 0.015},
+    "fast5": {"g_steps": 5, "lr_g": 3e-3, "lr_z": 0.01},
+    "fast10": {"g_steps": 10, "lr_g": 2e-3, "lr_z": 0.01},
+}
+#: Reptile's hard-coded gradient factor, ``g_θ = 67·(θ − θ'_k)`` ([REF] ``fast_meta.py:16–20``, §10.5).
+REPTILE_SCALE = 67.0
+#: The [REF] resets the first layers at synthesis ``120 + warmup``, i.e. epoch index ``warmup + 119`` (§10.6).
+RESET_EPOCHS_AFTER_WARMUP = 119
+#: Standard deviation of the reset draws (Linear weight and, sic, first BN γ; §10.10 item 2).
+RESET_STD = 0.02
 
 
 class FastSynthesizer(PooledSynthesizer):
-    """FastDFKD: a meta-learned generator adapted for a few steps per batch (§10)."""
+    """FastDFKD (§10): a meta-learned G-S, cloned and adapted for k steps per batch, pooled images."""
+
+    #: §10.11 defaults (wrn40_2 row, both datasets, §10.8). ``g_steps``, ``lr_g`` and ``lr_z`` come from
+    #: ``--fast_variant`` (default fast10) unless given; ``reset_l0_epoch`` defaults to warmup + 119.
+    #: ``synthesis_batch_size`` is left to the driver, which ties it to the batch: Bs = B = 256 (§10.8).
+    DEFAULTS = {"batch_size": 256, "epochs": 220, "warmup": 20, "ep_steps": 400,
+                "kd_steps": 400, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
+                "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64,
+                "fast_meta": "fomaml", "fast_variant": "fast10"}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        super().__init__(setup, options)
+        self.latent_dim = int(options["nz"])
+        self.latent_lr = float(options["lr_z"])
+        self.meta_rule = str(options["fast_meta"])
+        self.warmup = int(options["warmup"])
+        self.reset_epoch = int(options["reset_l0_epoch"])
+        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]),
+                                         img_size=setup.image_size).to(setup.device)
+        # θ': one module for every synthesis, overwritten with θ at the start of each call.
+        self.fast_generator = copy.deepcopy(self.meta_generator)
+        self.meta_optimizer = torch.optim.Adam(self.meta_generator.parameters(),
+                                               lr=self.synthesis_lr * self.g_steps, betas=self.betas)
+        self.reset_done = False
+        self.adversarial_open = self.gate_open(0)
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--fast_variant", choices=sorted(FAST_VARIANTS), default=None,
+                           help="Fast-k row of §10.8: sets --g_steps, --lr_g, --lr_z unless given (fast10)")
+        group.add_argument("--fast_meta", choices=["fomaml", "reptile"], default=None,
+                           help="meta-gradient: FOMAML sum of the inner gradients or Reptile ×67 (fomaml)")
+        group.add_argument("--lr_z", type=float, default=None, help="Fast latent learning rate (variant's)")
+        group.add_argument("--reset_l0_epoch", type=int, default=None,
+                           help="epoch at which Fast re-initialises the meta-generator's Linear and first BN "
+                                "(default warmup + 119; -1 = never)")
+
+    @classmethod
+    def finalize_options(cls, options: dict[str, Any]) -> None:
+        """Fill ``g_steps``/``lr_g``/``lr_z`` from ``--fast_variant`` where not given, and the reset epoch."""
+        for key, value in FAST_VARIANTS[options["fast_variant"]].items():
+            if options.get(key) is None:
+                options[key] = value
+        if options.get("reset_l0_epoch") is None:
+            options["reset_l0_epoch"] = int(options["warmup"]) + RESET_EPOCHS_AFTER_WARMUP
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        if float(options["lr_z"]) <= 0:
+            raise UsageError(f"--lr_z must be positive, got {options['lr_z']}")
+        if int(options["reset_l0_epoch"]) < -1:
+            raise UsageError(f"--reset_l0_epoch must be an epoch index >= 0, or -1 for no reset; "
+                             f"got {options['reset_l0_epoch']}")
+        if max(float(options["bn"]), float(options["oh"])) <= 0:
+            raise UsageError("FastDFKD needs --bn or --oh above 0 (the adversarial term alone is off in warm-up)")
+
+    # ------------------------------------------------------------------ loop hooks
+    def gate_open(self, epoch: int) -> bool:
+        """Adversarial gate (§10.7): [REF] ``n ≥ warmup``, at one synthesis per epoch ``epoch ≥ warmup − 1``."""
+        return epoch >= self.warmup - 1
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Open the adversarial gate from epoch ``warmup − 1``; reset the first layers at ``--reset_l0_epoch``.
+
+        Idempotent: the reset happens once per run (``reset_done`` is part of the state).
+        """
+        self.adversarial_open = self.gate_open(epoch)
+        if epoch == self.reset_epoch and not self.reset_done:
+            self.reset_first_layers()
+            self.reset_done = True
+        return {"adv_weight": self.adv if self.adversarial_open else 0.0}
+
+    @torch.no_grad()
+    def reset_first_layers(self) -> None:
+        """Re-initialise the meta-generator's Linear and first BN (§10.6, §10.10 items 1–2).
+
+        Linear weight ~ N(0, 0.02), bias 0; first BN γ ~ N(0, 0.02) (sic, as in [REF]), β 0; draws from
+        the noise stream. The meta Adam state is kept. Under torchrun rank 0's draw is broadcast.
+        """
+        linear, first_norm = self.meta_generator.linear, self.meta_generator.conv_blocks[0]
+        assert isinstance(first_norm, nn.BatchNorm2d)
+        for layer in (linear, first_norm):
+            layer.weight.normal_(0.0, RESET_STD, generator=self.noise_stream)
+            layer.bias.zero_()
+        if self.setup.world_size > 1:
+            for tensor in (linear.weight, linear.bias, first_norm.weight, first_norm.bias):
+                dist.broadcast(tensor, src=0)
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """All ranks keep one meta-generator: rank 0's weights now, averaged meta-gradients later (§10.11)."""
+        if self.setup.world_size > 1:
+            with torch.no_grad():
+                for tensor in self.meta_generator.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        """The meta-generator θ (the fast generator is overwritten at every call)."""
+        return list(self.meta_generator.parameters())
+
+    # ------------------------------------------------------------------ synthesis
+    def generate(self, latents: torch.Tensor) -> torch.Tensor:
+        """Fast-generator images in [0, 1] (float32) under the run's autocast."""
+        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                            enabled=self.setup.autocast_dtype is not None):
+            images = self.fast_generator(latents)
+        return images.float()
+
+    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """Weighted terms of the inner objective L for generator output ``images`` (§10.4): name -> (weight, value)."""
+        view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.augmentation_stream))
+        teacher_logits = self.teacher_forward(view)
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if self.bn_hook is not None:
+            terms["bn"] = (self.bn, self.bn_hook.loss)
+        if self.oh:
+            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
+        if self.adv > 0 and self.adversarial_open:
+            student_logits = self.student_forward_eval(view)
+            terms["adv"] = (self.adv, adversarial_kl_masked(student_logits, teacher_logits, temperature=1.0,
+                                                            scale_by_temperature_squared=False))
+        return terms
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """One synthetic batch: clone θ, k inner steps on (θ', z), one meta step, pool the best batch (§10.6).
+
+        Logs the last iteration's terms (``loss_bn``, ``loss_oh``, ``loss_adv``, ``loss_synthesis``), the
+        lowest L (``loss_synthesis_best``) and L at iteration 0, i.e. of the meta-generator itself on fresh
+        latents (``loss_synthesis_first``): it falls as meta-learning improves the initialisation (§10.12).
+        """
+        count = self.setup.synthesis_batch_size
+        self.fast_generator.load_state_dict(self.meta_generator.state_dict())
+        self.fast_generator.train()
+        latents = self.randn(count, self.latent_dim).requires_grad_(True)
+        targets = self.random_labels(count)
+        inner_optimizer = torch.optim.Adam([{"params": self.fast_generator.parameters(), "lr": self.synthesis_lr},
+                                            {"params": [latents], "lr": self.latent_lr}], betas=self.betas)
+        fast_parameters = list(self.fast_generator.parameters())
+        # Σ_j ∇θ' L_j (unscaled): the FOMAML meta-gradient, and the non-finite check of Reptile under fp16.
+        gradient_sum = self.zeroed_meta_gradients() if self.sums_inner_gradients() else None
+        best_loss: torch.Tensor | None = None
+        best_images = torch.empty(0)
+        logged: dict[str, torch.Tensor] = {}
+        for step in range(self.g_steps):
+            images = self.generate(latents)
+            terms = self.synthesis_terms(images, targets)
+            loss = sum(weight * value for weight, value in terms.values())
+            if best_loss is None:   # the first iteration always counts
+                best_loss, best_images = loss.detach().clone(), images.detach().clone()
+                logged["loss_synthesis_first"] = loss.detach()
+            else:
+                best_loss, (best_images,) = keep_lower(loss, best_loss, (images,), (best_images,))
+            self.optimizer_step(loss, inner_optimizer)   # the fast gradients are unscaled after the step
+            if gradient_sum is not None:
+                torch._foreach_add_(gradient_sum, [self.gradient_of(p) for p in fast_parameters])
+            logged.update({f"loss_{name}": value.detach() for name, (_, value) in terms.items()})
+            logged["loss_synthesis"] = loss.detach()
+        self.meta_step(gradient_sum)
+        if self.bn_hook is not None:
+            self.bn_hook.update_momentum()   # statistics of this synthesis' last teacher forward (§10.4)
+        self.store(best_images)
+        logged["loss_synthesis_best"] = best_loss
+        return logged
+
+    # ------------------------------------------------------------------ meta-update
+    def sums_inner_gradients(self) -> bool:
+        """FOMAML needs the sum; Reptile only under an enabled loss scaler (to skip on overflow)."""
+        return self.meta_rule == "fomaml" or self.scaler.is_enabled()
+
+    def zeroed_meta_gradients(self) -> list[torch.Tensor]:
+        """The meta-generator's ``.grad`` tensors, zeroed (allocated once, then reused)."""
+        gradients = []
+        for parameter in self.meta_generator.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            else:
+                parameter.grad.zero_()
+            gradients.append(parameter.grad)
+        return gradients
+
+    @staticmethod
+    def gradient_of(parameter: torch.Tensor) -> torch.Tensor:
+        return parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+
+    def meta_step(self, gradient_sum: list[torch.Tensor] | None) -> None:
+        """Set the meta-gradient (FOMAML sum or Reptile 67·(θ − θ'_k)), average it over ranks, step (§10.5).
+
+        The step goes through the run's loss scaler: the (unscaled) meta-gradient is scaled by the
+        current scale and ``scaler.step`` unscales it again (exactly: the scale is a power of two),
+        so under fp16 a meta-gradient with an inf / NaN skips the step (and backs the scale off);
+        in fp32 / bf16 this is a plain Adam step.
+        """
+        meta_parameters = list(self.meta_generator.parameters())
+        if self.meta_rule == "reptile":
+            with torch.no_grad():
+                differences = torch._foreach_sub([p.detach() for p in meta_parameters],
+                                                 [p.detach() for p in self.fast_generator.parameters()])
+                torch._foreach_mul_(differences, REPTILE_SCALE)
+                if gradient_sum is not None:
+                    # 0 when every inner gradient was finite, NaN otherwise: the scaler then skips.
+                    poison = torch.stack([gradient.sum() for gradient in gradient_sum]).sum() * 0.0
+                    torch._foreach_add_(differences, poison)
+            for parameter, difference in zip(meta_parameters, differences):
+                parameter.grad = difference
+        self.average_across_ranks([parameter.grad for parameter in meta_parameters])
+        for parameter in meta_parameters:
+            parameter.grad = self.scaler.scale(parameter.grad)
+        self.scaler.step(self.meta_optimizer)
+        self.scaler.update()
+
+    def average_across_ranks(self, gradients: list[torch.Tensor]) -> None:
+        """Mean of the meta-gradient over the ranks (one all-reduce of a flat buffer); no-op on one rank."""
+        world_size = self.setup.world_size
+        if world_size <= 1:
+            return
+        flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+        dist.all_reduce(flat)
+        flat.div_(world_size)
+        for gradient, averaged in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
+            gradient.copy_(averaged.view_as(gradient))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Meta-generator, meta Adam, reset flag, plus pool, RNG streams, scaler and BN momentum memory."""
+        return {**super().state_dict(), "meta_generator": self.meta_generator.state_dict(),
+                "meta_optimizer": self.meta_optimizer.state_dict(), "reset_done": self.reset_done}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.meta_generator.load_state_dict(state["meta_generator"])
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        self.reset_done = bool(state["reset_done"])

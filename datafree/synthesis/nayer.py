@@ -1,6 +1,261 @@
-"""NAYER: noisy-layer generation from label embeddings (§11). STUB: being implemented."""
-from datafree.synthesis.pooled import PooledSynthesizer
+"""NAYER: noisy-layer generation from label embeddings (METHODS.md §11).
+
+The generator's input is **constant and meaningful**: the embedding ``E[y]`` of each target
+class (CLIP text features of the class name in the paper; ``--label_embeddings``, §11.3). The
+randomness lives in the **noisy layers** ``NL_c`` between the embedding and the generator body
+(:class:`datafree.models.NoisyLayerGenerator`, §11.4), which are re-initialised (weights
+N(0, 1), biases 0) before every synthetic batch and then trained with the rest of the generator.
+
+One ``synthesize()`` is one epoch's synthesis (§11.6): ``gwp_loops`` batches in the warm-up
+epochs (``epoch < warmup``), ``g_loops`` afterwards. Per batch: re-initialise the noisy layers,
+take balanced labels (⌊Bs/C⌋ copies of 0..C−1, so every noisy layer makes one image per class),
+build a **fresh** Adam over all generator parameters, and run ``g_steps`` iterations of
+
+    g = G(y);  x = normalise(crop_pad4_flip(g));  t = teacher(x)
+    L = bn·L_bn^mmt + oh·CE(t, y) + adv·L_adv                                   (§11.5)
+
+with ``L_bn^mmt`` the BN-statistics loss blended with past batches (momentum ``bn_mmt``, §10.4)
+and ``L_adv`` the agreement-masked KL at T = 1 against the student (eval mode), only from the
+first KD epoch (``epoch ≥ warmup``; the student is not queried before). The lowest-``L``
+iterate ``g`` goes to the image pool (§3.5); the BN momentum memory is updated after the batch.
+The student then learns from the whole pool with KL at T = 20 (the base criterion).
+
+The generator body and BN1d persist across batches; the whole generator is re-created — in
+place, PyTorch-default init from the noise stream — at the start of every epoch with
+``(epoch − warmup) % g_life == 0 or epoch % g_life == 0`` (epochs 0, 10, 20, … for the
+published warmup 20 / g_life 10; the rule is kept verbatim, §11.10 item 7).
+
+[CLEAN] (§11.10): the student is in eval for every batch's query (``--nayer_ref_student_mode``
+reproduces [REF], which queries it in train mode from the second batch of an epoch and so
+updates its BN running statistics); no wandb, no per-iteration printing; an in-memory uint8
+pool instead of PNG files; embeddings from a ``.pt``/``.npy`` tensor, never a pickle.
+Multi-process runs share nothing: every rank re-creates and trains its own generator (§13 item 8).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree import label_embeddings
+from datafree.augment import random_crop_flip
+from datafree.criterions import adversarial_kl_masked
+from datafree.errors import UsageError
+from datafree.models import NoisyLayerGenerator, reset_default_init
+from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+
+#: NAYER's own options that must be positive integers (checked by ``check_options``).
+POSITIVE_INTEGERS = ("g_loops", "gwp_loops", "g_life", "le_hidden")
+
+
+def balanced_labels(count: int, num_classes: int, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """NAYER's target labels (§11.4): ⌊count/C⌋ copies of ``[0, 1, …, C−1]`` concatenated, then
+    ``count mod C`` labels uniform in [0, C) drawn from ``generator`` (none when C divides count).
+
+    Every chunk of C consecutive rows therefore holds each class exactly once, so noisy layer
+    ``c`` makes one image per class.
+    """
+    copies, extra = divmod(count, num_classes)
+    labels = torch.arange(num_classes, device=device).repeat(copies)
+    if extra:
+        random = torch.randint(0, num_classes, (extra,), device=device, generator=generator)
+        labels = torch.cat([labels, random])
+    return labels
+
+
+def recreation_epoch(epoch: int, warmup: int, life: int) -> bool:
+    """True when the generator is re-created at the start of ``epoch`` (§11.6, kept verbatim)."""
+    return (epoch - warmup) % life == 0 or epoch % life == 0
 
 
 class NAYERSynthesizer(PooledSynthesizer):
     """NAYER: noisy-layer generation from label embeddings (§11)."""
+
+    #: §11.8 / §11.11: NAYER-200 on CIFAR-10 (E = 220 including 20 warm-up epochs).
+    DEFAULTS = {"batch_size": 512, "synthesis_batch_size": 400, "epochs": 220, "warmup": 20, "ep_steps": 400,
+                "kd_steps": 400, "g_steps": 30, "g_loops": 2, "gwp_loops": 10, "g_life": 10, "lr": 0.2,
+                "eta_min": 2e-4, "lr_g": 4e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0, "adv": 1.33, "bn": 10.0,
+                "oh": 0.5, "bn_mmt": 0.9, "ngf": 64, "le_hidden": 1000,
+                "label_embeddings": label_embeddings.TEACHER_FC, "nayer_ref_student_mode": False}
+    #: §11.8: CIFAR-100 takes 40 generator iterations per batch.
+    DATASET_DEFAULTS = {"cifar100": {"g_steps": 40}}
+
+    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        super().__init__(setup, options)
+        self.warmup = int(options["warmup"])
+        self.loops = int(options["g_loops"])
+        self.warmup_loops = int(options["gwp_loops"])
+        self.life = int(options["g_life"])
+        self.ref_student_mode = bool(options["nayer_ref_student_mode"])
+        embeddings, self.embedding_description = label_embeddings.load_label_embeddings(
+            str(options["label_embeddings"]), setup.num_classes, self.teacher, setup.seed)
+        self.image_generator = NoisyLayerGenerator(
+            embeddings.to(setup.device), hidden=int(options["le_hidden"]), ngf=int(options["ngf"]),
+            img_size=setup.image_size, batch_size=setup.synthesis_batch_size).to(setup.device)
+        if setup.rank == 0:
+            print(f"NAYER label embeddings: {self.embedding_description}", flush=True)
+        self.epoch = 0
+        #: The last epoch for which the generator was re-created (−1: never), so that a resumed
+        #: epoch does not re-create it a second time.
+        self.recreated_epoch = -1
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--label_embeddings", default=None,
+                           help="class embeddings fed to the generator: a C x D .pt/.npy tensor (the paper: CLIP "
+                                "ViT-B/32 text features of 'a image of {name}'), or teacher_fc (default; rows of the "
+                                "teacher's last Linear, a deviation) or random (N(0, I) codes, an ablation)")
+        group.add_argument("--g_loops", type=int, default=None,
+                           help="NAYER synthetic batches per epoch after warm-up (2)")
+        group.add_argument("--gwp_loops", type=int, default=None, help="NAYER synthetic batches per warm-up epoch (10)")
+        group.add_argument("--g_life", type=int, default=None, help="NAYER generator re-creation period in epochs (10)")
+        group.add_argument("--le_hidden", type=int, default=None, help="NAYER noisy-layer output width (1000)")
+        group.add_argument("--nayer_ref_student_mode", action="store_true", default=None,
+                           help="NAYER: reproduce the reference's student query in train mode from the second "
+                                "batch of an epoch (updates the student's BN statistics; §11.10 item 1)")
+
+    @classmethod
+    def finalize_options(cls, options: dict[str, Any]) -> None:
+        """Record the embedding file's SHA-256 (config.yaml; §11.3)."""
+        label_embeddings.record_source(options)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        for key in POSITIVE_INTEGERS:
+            if int(options[key]) < 1:
+                raise UsageError(f"--{key} must be a positive integer, got {options[key]}")
+        count, classes = int(options["synthesis_batch_size"]), int(options["num_classes"])
+        if count % classes:
+            raise UsageError(f"--synthesis_batch_size ({count}) must be a multiple of the class count ({classes}) "
+                             f"for NAYER's balanced labels (§11.4: every noisy layer makes one image per class); "
+                             f"pass e.g. {max(1, round(count / classes)) * classes}")
+        label_embeddings.check_source(str(options["label_embeddings"]), classes)
+
+    @classmethod
+    def deviations(cls, options: Mapping[str, Any]) -> list[str]:
+        return label_embeddings.deviation(options)
+
+    # ------------------------------------------------------------------ loop hooks
+    def loops_for(self, epoch: int) -> int:
+        """Synthetic batches of ``epoch``: ``gwp_loops`` in warm-up, ``g_loops`` afterwards (§11.6)."""
+        return self.warmup_loops if epoch < self.warmup else self.loops
+
+    def begin_epoch(self, epoch: int) -> dict[str, float]:
+        """Re-create the generator in place when ``epoch`` is a re-creation epoch (once per epoch,
+        also when a resumed run calls this again) and fix the epoch's loop count (§11.6)."""
+        self.epoch = epoch
+        due = recreation_epoch(epoch, self.warmup, self.life)
+        if due and self.recreated_epoch != epoch:
+            reset_default_init(self.image_generator, generator=self.noise_stream)
+            self.recreated_epoch = epoch
+        return {"synthesis_loops": float(self.loops_for(epoch)), "generator_recreated": float(due)}
+
+    def persistent_parameters(self) -> list[nn.Parameter]:
+        """The generator without its noisy layers (re-initialised before every batch)."""
+        return self.image_generator.persistent_parameters()
+
+    # ------------------------------------------------------------------ synthesis
+    def generate(self, labels: torch.Tensor) -> torch.Tensor:
+        """Generator images in [0, 1] (float32) under the run's autocast."""
+        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                            enabled=self.setup.autocast_dtype is not None):
+            images = self.image_generator(labels)
+        return images.float()
+
+    def student_forward_train(self, images: torch.Tensor) -> torch.Tensor:
+        """[REF] student query in **train** mode (§11.10 item 1, ``--nayer_ref_student_mode``).
+
+        Batch statistics, and the student's BN running statistics are updated by the synthetic
+        batch, as in [REF]. Gradients flow to ``images`` only, as in :meth:`student_forward_eval`.
+        """
+        was_training = self.student.training
+        flags = [parameter.requires_grad for parameter in self.student.parameters()]
+        self.student.train()
+        self.student.requires_grad_(False)
+        try:
+            with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
+                                enabled=self.setup.autocast_dtype is not None):
+                logits = self.student(self.memory_format(images)).float()
+        finally:
+            for parameter, flag in zip(self.student.parameters(), flags):
+                parameter.requires_grad_(flag)
+            self.student.train(was_training)
+        return logits
+
+    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor, adversarial: bool,
+                        student_train_mode: bool) -> dict[str, tuple[float, torch.Tensor]]:
+        """Weighted terms of L (§11.5) for generator output ``images``: name -> (weight, value)."""
+        augmented = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING,
+                                                     generator=self.augmentation_stream))
+        teacher_logits = self.teacher_forward(augmented)
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if self.bn_hook is not None:
+            terms["bn"] = (self.bn, self.bn_hook.loss)
+        if self.oh:
+            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
+        if adversarial:
+            query = self.student_forward_train if student_train_mode else self.student_forward_eval
+            terms["adv"] = (self.adv, adversarial_kl_masked(query(augmented), teacher_logits, temperature=1.0,
+                                                            scale_by_temperature_squared=False))
+        return terms
+
+    def synthesize_batch(self, batch_index: int, adversarial: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One synthetic batch (§11.6): re-initialised noisy layers, fresh Adam, ``g_steps`` iterations;
+        the lowest-L iterate goes to the pool. Returns the last iteration's terms and the best L."""
+        self.image_generator.train()
+        self.image_generator.re_init_noisy_layers(self.noise_stream)
+        targets = balanced_labels(self.setup.synthesis_batch_size, self.setup.num_classes,
+                                  generator=self.noise_stream, device=self.device)
+        optimizer = torch.optim.Adam(self.image_generator.parameters(), lr=self.synthesis_lr, betas=self.betas)
+        student_train_mode = self.ref_student_mode and batch_index > 0
+        best_loss: torch.Tensor | None = None
+        best_images = torch.empty(0)
+        logged: dict[str, torch.Tensor] = {}
+        for _ in range(self.g_steps):
+            images = self.generate(targets)
+            terms = self.synthesis_terms(images, targets, adversarial, student_train_mode)
+            loss = sum(weight * value for weight, value in terms.values())
+            if best_loss is None:
+                best_loss, best_images = loss.detach().clone(), images.detach().clone()
+            else:
+                best_loss, (best_images,) = keep_lower(loss, best_loss, (images,), (best_images,))
+            self.optimizer_step(loss, optimizer)
+            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
+            logged["loss_synthesis"] = loss.detach()
+        if self.bn_hook is not None:
+            self.bn_hook.update_momentum()
+        self.store(best_images)
+        assert best_loss is not None
+        return logged, best_loss
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """One epoch's synthesis (§11.6): ``loops_for(epoch)`` batches into the pool."""
+        adversarial = self.epoch >= self.warmup and self.adv != 0
+        loops = self.loops_for(self.epoch)
+        logged: dict[str, torch.Tensor] = {}
+        best_total = torch.zeros((), device=self.device)
+        for batch_index in range(loops):
+            logged, best_loss = self.synthesize_batch(batch_index, adversarial)
+            best_total = best_total + best_loss
+        logged["loss_synthesis_best"] = best_total / loops
+        return logged
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Generator (noisy layers included), the last re-creation epoch, plus pool, hook and RNG state.
+
+        The embeddings are not saved: they are a non-persistent buffer rebuilt from the options.
+        """
+        return {**super().state_dict(), "generator": self.image_generator.state_dict(),
+                "recreated_epoch": self.recreated_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.image_generator.load_state_dict(state["generator"])
+        self.recreated_epoch = int(state["recreated_epoch"])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train resnet18 on CIFAR-100 from scratch with the reference recipe (METHODS.md §2.2), the with-data
-# reference for resnet18 students distilled data-free from resnet34, vgg11.
+# Train resnet18 on CIFAR-100 from scratch with the reference recipe (docs/METHODS.md §2.2), the
+# with-data reference for resnet18 students distilled data-free from resnet34, vgg11.
 # Reported top-1 (CMI README, identical in the CuDFKD README, §2.2): 77.10.
 # The CMI README lists 77.01 for resnet18 in its vgg11 column; the other tables say 77.10.
 # Writes runs/scratch/cifar100_resnet18_seed0/ and, at the end, copies the best weights to
@@ -21,5 +21,6 @@ args=(
     --weight_decay 1e-4
     --milestones 120,150,180
     --gamma 0.1
+    --precision fp32          # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
 )
 python train_scratch.py --model resnet18 --dataset cifar100 "${args[@]}" "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train wrn40_2 on CIFAR-100 from scratch with the reference recipe (METHODS.md §2.2), teacher of the
-# data-free students wrn16_2, wrn40_1.
+# Train wrn40_2 on CIFAR-100 from scratch with the reference recipe (docs/METHODS.md §2.2), teacher of
+# the data-free students wrn16_1, wrn16_2, wrn40_1.
 # Reported top-1 (CMI README, identical in the CuDFKD README, §2.2): 75.83.
 # Writes runs/scratch/cifar100_wrn40_2_seed0/ and, at the end, copies the best weights to
 # checkpoints/pretrained/cifar100_wrn40_2.pth, where datafree_kd.py looks for teachers.
@@ -20,5 +20,6 @@ args=(
     --weight_decay 1e-4
     --milestones 120,150,180
     --gamma 0.1
+    --precision fp32          # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
 )
 python train_scratch.py --model wrn40_2 --dataset cifar100 "${args[@]}" "$@"

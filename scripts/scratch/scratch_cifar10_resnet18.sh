@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train resnet18 on CIFAR-10 from scratch with the reference recipe (METHODS.md §2.2), the with-data
-# reference for resnet18 students distilled data-free from resnet34, vgg11.
+# Train resnet18 on CIFAR-10 from scratch with the reference recipe (docs/METHODS.md §2.2), the
+# with-data reference for resnet18 students distilled data-free from resnet34, vgg11.
 # Reported top-1 (CMI README, identical in the CuDFKD README, §2.2): 95.20.
 # Writes runs/scratch/cifar10_resnet18_seed0/ and, at the end, copies the best weights to
 # checkpoints/pretrained/cifar10_resnet18.pth, where datafree_kd.py looks for teachers.
@@ -20,5 +20,6 @@ args=(
     --weight_decay 1e-4
     --milestones 120,150,180
     --gamma 0.1
+    --precision fp32          # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
 )
 python train_scratch.py --model resnet18 --dataset cifar10 "${args[@]}" "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train vgg11 on CIFAR-10 from scratch with the reference recipe (METHODS.md §2.2), teacher of the
+# Train vgg11 on CIFAR-10 from scratch with the reference recipe (docs/METHODS.md §2.2), teacher of the
 # data-free students resnet18.
 # Reported top-1 (CMI README, identical in the CuDFKD README, §2.2): 92.25.
 # Writes runs/scratch/cifar10_vgg11_seed0/ and, at the end, copies the best weights to
@@ -20,5 +20,6 @@ args=(
     --weight_decay 1e-4
     --milestones 120,150,180
     --gamma 0.1
+    --precision fp32          # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
 )
 python train_scratch.py --model vgg11 --dataset cifar10 "${args[@]}" "$@"

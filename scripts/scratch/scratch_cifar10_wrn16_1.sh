@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train wrn16_1 on CIFAR-10 from scratch with the reference recipe (METHODS.md §2.2), the with-data
+# Train wrn16_1 on CIFAR-10 from scratch with the reference recipe (docs/METHODS.md §2.2), the with-data
 # reference for wrn16_1 students distilled data-free from wrn40_2.
 # Reported top-1 (CMI README, identical in the CuDFKD README, §2.2): 91.12.
 # Writes runs/scratch/cifar10_wrn16_1_seed0/ and, at the end, copies the best weights to
@@ -20,5 +20,6 @@ args=(
     --weight_decay 1e-4
     --milestones 120,150,180
     --gamma 0.1
+    --precision fp32          # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
 )
 python train_scratch.py --model wrn16_1 --dataset cifar10 "${args[@]}" "$@"
