@@ -718,9 +718,11 @@ def _non_negative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line interface of ``python -m datafree.report``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m datafree.report", allow_abbrev=False,
+    """Command-line interface of ``python -m datafree.report`` (one-line errors, no abbreviations)."""
+    from datafree.cli import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="python -m datafree.report",
         description="Accuracy / stability tables (METHODS.md §6.2) and accuracy plot from run directories.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to report")
     parser.add_argument("--out", default="report", help="output directory (default: ./report)")
@@ -737,7 +739,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Any :class:`ReportError` (or a failure to write the output) ends with ``error: <message>``
     on stderr and exit status 2, without a traceback.
     """
-    arguments = build_parser().parse_args(argv)
+    try:
+        arguments = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         runs = [load_run(run_dir) for run_dir in arguments.run_dirs]
         markdown, written = write_report(runs, Path(arguments.out), arguments.burn_in, arguments.tail_drop)

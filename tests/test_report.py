@@ -366,6 +366,8 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(broken), "--burn_in", "-3"])
     assert exit_info.value.code == 2
+    error_output = capsys.readouterr().err
+    assert error_output.count("\n") == 1 and "--burn_in: must be >= 0, got -3" in error_output
 
 
 def test_missing_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
