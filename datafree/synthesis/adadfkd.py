@@ -93,8 +93,6 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         self.gather_keys = False  # set by distribute(): enqueue the keys of all ranks
         self.hard_factor = curriculum.hard_factor(0, setup.epochs, self.begin_fraction, self.end_fraction,
                                                   self.window_length)
-        self._recording = False
-        self._recorded: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -164,22 +162,6 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         draw = torch.rand(*shape, device=self.device, generator=self.noise_stream)
         return (2.0 * draw - 1.0) * bound
 
-    def teacher_forward(self, images: torch.Tensor, return_features: bool = False):
-        """As the base class; inside :meth:`generator_terms` the features are kept for R2M."""
-        output = super().teacher_forward(images, return_features)
-        if self._recording and return_features:
-            self._recorded["teacher_features"] = output[1]
-        return output
-
-    def student_forward_eval(self, images: torch.Tensor, return_features: bool = False):
-        """As the base class; inside :meth:`generator_terms` the adversarial term's student query
-        also returns the features, kept for R2M (one student forward serves both terms)."""
-        if not self._recording or return_features:
-            return super().student_forward_eval(images, return_features)
-        logits, features = super().student_forward_eval(images, return_features=True)
-        self._recorded["student_features"] = features
-        return logits
-
     # ------------------------------------------------------------------ generator side (§12.4)
     def begin_epoch(self, epoch: int) -> dict[str, float]:
         schedule = super().begin_epoch(epoch)
@@ -187,25 +169,19 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
                                                   self.end_fraction, self.window_length)
         return {**schedule, "hard_factor": self.hard_factor}
 
-    def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """CuDFKD's terms (§5.2, adversarial KL unmasked by default) plus ``hard·L_R2M`` (§12.4).
+    def query_student(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One eval-mode student forward with features, whenever the adversarial term or R2M needs it:
+        the student is queried while ``hard > 0`` even if the adversarial weight is 0 (§12.4)."""
+        if self.adv > 0 or self.r2m_weight > 0:
+            return self.student_forward_eval(images, return_features=True)
+        return None, None
 
-        The teacher and student forwards CuDFKD runs are recorded and reused; the student is
-        queried whenever ``hard > 0``, even while the adversarial weight is 0.
-        """
-        self._recorded = {}
-        self._recording = True
-        try:
-            terms = super().generator_terms(images)
-        finally:
-            self._recording = False
-        recorded, self._recorded = self._recorded, {}
-        if self.r2m_weight > 0:
-            student_features = recorded.get("student_features")
-            if student_features is None:  # adversarial weight 0: CuDFKD did not query the student
-                _, student_features = self.student_forward_eval(images, return_features=True)
-            terms["r2m"] = (self.r2m_weight, self.relationship_loss(recorded["teacher_features"], student_features))
-        return terms
+    def relationship_terms(self, teacher_features: torch.Tensor,
+                           student_features: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+        """``hard·L_R2M`` (§12.4), on the features of CuDFKD's teacher and student forwards."""
+        if self.r2m_weight <= 0:
+            return {}
+        return {"r2m": (self.r2m_weight, self.relationship_loss(teacher_features, student_features))}
 
     def relationship_loss(self, teacher_features: torch.Tensor, student_features: torch.Tensor) -> torch.Tensor:
         """``L_R2M`` on the current window of the queue, then enqueue the batch's keys (§12.4).

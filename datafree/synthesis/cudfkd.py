@@ -147,8 +147,8 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
             terms["act"] = (self.act, activation_loss(features))
         if self.bn_hook is not None:
             terms["bn"] = (self.bn, self.bn_hook.loss)
-        if self.adv > 0:  # the student forward is skipped while the adversarial weight is 0
-            student_logits = self.student_forward_eval(images)
+        student_logits, student_features = self.query_student(images)
+        if self.adv > 0:
             if self.adv_type == "kl":
                 adversarial = adversarial_kl_masked(student_logits, teacher_logits,
                                                     temperature=ADVERSARIAL_TEMPERATURE, mask=self.adv_mask)
@@ -156,7 +156,21 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
                 adversarial = adversarial_js_ref(student_logits, teacher_logits,
                                                  temperature=ADVERSARIAL_TEMPERATURE)
             terms["adv"] = (self.adv, adversarial)
+        terms.update(self.relationship_terms(features, student_features))
         return terms
+
+    def query_student(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The student's logits for the adversarial term, and its features where a subclass needs them
+        (AdaDFKD, §12.4): one eval-mode forward, skipped while nothing needs it (``(None, None)``)."""
+        if self.adv > 0:
+            return self.student_forward_eval(images), None
+        return None, None
+
+    def relationship_terms(self, teacher_features: torch.Tensor,
+                           student_features: torch.Tensor | None) -> dict[str, tuple[float, torch.Tensor]]:
+        """Generator terms between teacher and student features of the same samples (none in CuDFKD;
+        AdaDFKD's R2M, §12.4)."""
+        return {}
 
     # ------------------------------------------------------------------ student side (§5.3, §5.4)
     def per_sample_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
