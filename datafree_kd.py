@@ -48,8 +48,13 @@ from datafree.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
 #: Options a method may leave out of its DEFAULTS (§10.4, §10.7, §11.7: only Fast and NAYER warm up and
-#: blend BN statistics).
-DRIVER_DEFAULTS = {"warmup": 0, "eta_min": 0.0, "bn_mmt": 0.0}
+#: blend BN statistics; §3.3: the student's SGD with momentum 0.9, weight decay 1e-4, cosine schedule,
+#: which DAFL's MNIST row replaces by Adam at a constant rate, §20.1).
+DRIVER_DEFAULTS = {"warmup": 0, "eta_min": 0.0, "bn_mmt": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
+                   "optimizer": "sgd", "lr_schedule": "cosine"}
+#: Student optimizers and learning-rate schedules (§3.3, §20.1).
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "constant")
 #: Where a KD run starts.
 START = {"epoch": 0, "round": 0, "kd_in_round": 0, "kd_step": 0}
 
@@ -73,13 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--ep_steps", type=int, default=None, help="KD steps per epoch (400)")
     group.add_argument("--kd_steps", type=int, default=None, help="KD steps per synthesis round")
     group.add_argument("--g_steps", type=int, default=None, help="synthesis iterations per round")
-    group.add_argument("--lr", type=float, default=None, help="student SGD learning rate")
+    group.add_argument("--lr", type=float, default=None, help="student learning rate")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="student optimizer: sgd (momentum, weight decay; default) or adam (DAFL MNIST, §20.1)")
+    group.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=None,
+                       help="student learning rate per KD epoch: cosine to --eta_min (default, §3.3) or constant")
     group.add_argument("--eta_min", type=float, default=None, help="floor of the cosine schedule (default 0)")
     group.add_argument("--lr_g", type=float, default=None, help="generator / pixel / latent learning rate")
     group.add_argument("--beta1", type=float, default=None, help="Adam beta1 of the synthesizer")
     group.add_argument("--beta2", type=float, default=None, help="Adam beta2 of the synthesizer")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight_decay", type=float, default=1e-4)
+    group.add_argument("--momentum", type=float, default=None, help="student SGD momentum (0.9)")
+    group.add_argument("--weight_decay", type=float, default=None, help="student weight decay (1e-4)")
     group.add_argument("--T", type=float, default=None,
                        help="KD temperature (DAFL/ZSKT/DFQ 1, ADI/CMI/Fast/NAYER 20, CuDFKD per script)")
     weights = parser.add_argument_group("loss weights (default: the method's)")
@@ -159,7 +168,8 @@ def check_memory(options: dict[str, Any], device: torch.device, world_size: int)
     """Refuse batches that cannot fit: one fp32 image batch of a rank alone must fit the device."""
     available = memory_bytes(device)
     largest = max(options["batch_size"], options["synthesis_batch_size"]) // world_size
-    needed = largest * 3 * 32 * 32 * 4
+    channels, height, width = registry.get_dataset(options["dataset"]).image_shape
+    needed = largest * channels * height * width * 4
     if available is not None and needed > available:
         raise UsageError(f"a batch of {largest} images needs {needed / 2**30:.3g} GiB for its pixels alone but "
                          f"{device} has {available / 2**30:.3g} GiB; lower --batch_size / --synthesis_batch_size")
@@ -172,9 +182,33 @@ def load_teacher(options: dict[str, Any], device: torch.device, channels_last: b
         raise CheckpointError(f"teacher checkpoint not found: {path}; train one with "
                               f"`python train_scratch.py --model {options['teacher']} --dataset {options['dataset']}`, "
                               "put a released teacher there, or pass --teacher_ckpt")
-    teacher = registry.get_model(options["teacher"], options["num_classes"])
+    teacher = registry.get_model(options["teacher"], options["num_classes"],
+                                 registry.get_dataset(options["dataset"]).channels)
+    check_batchnorm_terms(options, teacher)
     load_classifier(path, teacher, options["teacher"], options["num_classes"], options["dataset"])
     return to_memory_format(freeze(teacher.to(device)), channels_last)
+
+
+def check_batchnorm_terms(options: dict[str, Any], teacher: nn.Module) -> None:
+    """Refuse, in one line, a method whose prior reads the teacher's BN layers when it has none (§20).
+
+    LeNet-5 and HintonNet have no BatchNorm layer: the BN-statistics loss would be a silent zero.
+    The line names the flags that switch the terms off, or says that the method cannot run at all.
+    """
+    if any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in teacher.modules()):
+        return
+    method = registry.get_method(options["method"])
+    name, teacher_name = options["method"], options["teacher"]
+    if method.requires_batchnorm:
+        raise UsageError(f"--method {name} cannot run on teacher {teacher_name}: {method.requires_batchnorm}, and "
+                         f"{teacher_name} has no BatchNorm layer; use a teacher with BN layers or a method without "
+                         "a BN prior (dafl, zskt)")
+    terms = method.batchnorm_terms(options)
+    if terms:
+        flags = " ".join(f"--{flag} 0" for flag in terms)
+        raise UsageError(f"teacher {teacher_name} has no BatchNorm layer, so the BN-statistics prior of --method "
+                         f"{name} ({', '.join(f'--{flag} {options[flag]}' for flag in terms)}) would be a silent "
+                         f"zero; pass {flags} to run {name} without it")
 
 
 def load_test_batches(options: dict[str, Any], numerics: Numerics) -> TensorLoader:
@@ -219,28 +253,37 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
     """Build student, synthesizer and optimisation for a resolved configuration.
 
     Each rank synthesises and distils its share of the global batches. The cosine schedule runs
-    over the KD epochs (``epochs − warmup``) down to ``eta_min`` (§3.3, §10.7).
+    over the KD epochs (``epochs − warmup``) down to ``eta_min`` (§3.3, §10.7); ``--lr_schedule
+    constant`` keeps ``--lr`` (DAFL on MNIST, §20.1). The dataset entry gives the synthesizers
+    their image geometry and pool augmentation (§20).
     """
     device, world = numerics.device, context.world_size
     info = registry.get_dataset(options["dataset"])
-    student = to_memory_format(registry.get_model(options["student"], options["num_classes"]).to(device),
+    student = to_memory_format(registry.get_model(options["student"], options["num_classes"], info.channels).to(device),
                                numerics.channels_last)
     setup = SynthesisSetup(teacher=teacher, student=student, normalizer=Normalizer(info.mean, info.std).to(device),
                            num_classes=options["num_classes"], dataset=options["dataset"],
                            teacher_name=options["teacher"], batch_size=options["batch_size"] // world,
                            synthesis_batch_size=options["synthesis_batch_size"] // world, epochs=options["epochs"],
                            device=device, autocast_dtype=numerics.autocast_dtype,
-                           channels_last=numerics.channels_last, seed=options["seed"], rank=context.rank,
-                           world_size=world)
+                           channels_last=numerics.channels_last, seed=options["seed"], image_size=info.image_size,
+                           rank=context.rank, world_size=world, channels=info.channels,
+                           pool_padding=info.pool_padding, pool_flip=info.pool_flip)
     synthesizer = registry.get_method(options["method"])(setup, options)
     if context.enabled:
         synthesizer.distribute(lambda module: distributed.wrap(module, context, device))
     trained_student = distributed.wrap(maybe_compile(student, options["compile"]), context, device)
     parameters = [*student.parameters(), *synthesizer.student_extra_parameters()]
-    optimizer = torch.optim.SGD(parameters, lr=options["lr"], momentum=options["momentum"],
-                                weight_decay=options["weight_decay"], foreach=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options["epochs"] - options["warmup"],
-                                                           eta_min=options["eta_min"])
+    if options["optimizer"] == "adam":   # DAFL's MNIST row (§20.1): Adam, default betas
+        optimizer = torch.optim.Adam(parameters, lr=options["lr"], weight_decay=options["weight_decay"], foreach=True)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=options["lr"], momentum=options["momentum"],
+                                    weight_decay=options["weight_decay"], foreach=True)
+    if options["lr_schedule"] == "constant":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=options["epochs"] - options["warmup"], eta_min=options["eta_min"])
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.autocast_dtype == torch.float16)
     return TrainingParts(student, trained_student, synthesizer, optimizer, scheduler, scaler)
 

@@ -48,15 +48,16 @@ def lookup(table: Mapping[str, _Value], name: str, kind: str) -> _Value:
     return table[name]
 
 
-def get_model(name: str, num_classes: int) -> nn.Module:
-    """Build the classifier called exactly ``name`` with ``num_classes`` outputs (§1)."""
+def get_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Build the classifier called exactly ``name`` with ``num_classes`` outputs for images of
+    ``in_channels`` channels (§1; 1 for MNIST). Every builder takes ``in_channels`` as a keyword."""
     if num_classes < 1:
         raise UsageError(f"num_classes must be positive, got {num_classes}")
-    return lookup(CLASSIFIERS, name, "model")(num_classes)
+    return lookup(CLASSIFIERS, name, "model")(num_classes, in_channels=in_channels)
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    """Constants of a dataset (§2.1): classes, mean, std, on-disk layout."""
+    """The dataset entry (§2.1, §20): classes, image geometry, statistics, reader, augmentation."""
     return lookup(DATASETS, name, "dataset")
 
 

@@ -1,8 +1,11 @@
-"""Supervised training of teachers and student-from-scratch baselines (METHODS.md §2.2).
+"""Supervised training of teachers and student-from-scratch baselines (METHODS.md §2.2, §20.1).
 
 Reference recipe (all defaults, every part overridable): SGD lr 0.1, momentum 0.9, weight
-decay 1e-4, MultiStepLR 120/150/180 x0.1 stepped per epoch, 200 epochs, batch 256,
-random crop (4-px zero padding) + horizontal flip, cross-entropy.
+decay 1e-4, MultiStepLR 120/150/180 x0.1 stepped per epoch, 200 epochs, batch 256, the
+dataset's training augmentation (CIFAR: random crop with 4-px zero padding + horizontal flip),
+cross-entropy. A dataset entry may replace parts of it (``DatasetInfo.scratch_defaults``): MNIST
+trains as DAFL's teachers were, Adam lr 1e-3, no weight decay, no decay steps, 9 epochs, batch
+256, no augmentation (§20.1).
 
 The run directory holds config.yaml, metrics.jsonl, TensorBoard events, last.pth and best.pth.
 A finished run copies its best weights to ``checkpoints/pretrained/<dataset>_<model>.pth``,
@@ -48,18 +51,24 @@ from datafree.signals import StopRequest
 from datafree.stopping import all_finite
 
 START = {"epoch": 0, "step": 0}
+#: The §2.2 recipe; a dataset's ``scratch_defaults`` override it for the flags left unset.
+REFERENCE_RECIPE = {"optimizer": "sgd", "epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9,
+                    "weight_decay": 1e-4, "milestones": "120,150,180", "gamma": 0.1}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description="Train a CIFAR classifier from scratch (teacher or baseline).")
-    parser.add_argument("--model", required=True, help="resnet18 resnet34 vgg11 wrn16_1 wrn16_2 wrn40_1 wrn40_2")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=1e-4)
-    parser.add_argument("--milestones", default="120,150,180", help="epochs where lr is multiplied by --gamma")
-    parser.add_argument("--gamma", type=float, default=0.1)
+    parser = ArgumentParser(description="Train a classifier from scratch (teacher or baseline). Unset values "
+                                        "take the reference recipe (docs/METHODS.md §2.2; MNIST §20.1).")
+    parser.add_argument("--model", required=True, help=f"one of: {' '.join(registry.CLASSIFIERS)}")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="sgd (default) or adam (MNIST)")
+    parser.add_argument("--epochs", type=int, default=None, help="200 (MNIST 9)")
+    parser.add_argument("--batch_size", type=int, default=None, help="256")
+    parser.add_argument("--lr", type=float, default=None, help="0.1 (MNIST 1e-3)")
+    parser.add_argument("--momentum", type=float, default=None, help="SGD momentum 0.9")
+    parser.add_argument("--weight_decay", type=float, default=None, help="1e-4 (MNIST 0)")
+    parser.add_argument("--milestones", default=None,
+                        help="epochs where lr is multiplied by --gamma: 120,150,180 (MNIST none: '')")
+    parser.add_argument("--gamma", type=float, default=None, help="0.1")
     parser.add_argument("--pretrained_path", default=None,
                         help="where the finished teacher is copied (default checkpoints/pretrained/<dataset>_<model>.pth)")
     add_common_arguments(parser)
@@ -68,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every argument and fill the defaults that depend on others (before anything is created)."""
-    registry.get_dataset(args.dataset)
+    info = registry.get_dataset(args.dataset)
     registry.lookup(registry.CLASSIFIERS, args.model, "model")
+    for key, value in {**REFERENCE_RECIPE, **info.scratch_defaults}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         milestones = [int(m) for m in str(args.milestones).split(",") if m.strip()]
     except ValueError as error:
@@ -89,7 +101,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_data(options: dict[str, Any], device: torch.device):
-    """Both CIFAR splits as uint8 tensors on ``device`` (§2.1); downloads when asked."""
+    """Both splits as uint8 tensors on ``device`` (§2.1, §20); downloads when asked."""
     if options["download"]:
         download(options["data_root"], options["dataset"])
     splits = [load_split(options["data_root"], options["dataset"], split) for split in ("train", "test")]
@@ -118,10 +130,14 @@ def train(options: dict[str, Any], device: torch.device, stop: StopRequest) -> d
     run.open({**options, "environment": environment_info(device)})
     print(f"config: {options}")
     seed_everything(options["seed"])
-    model = to_memory_format(registry.get_model(options["model"], info.num_classes).to(device),
+    model = to_memory_format(registry.get_model(options["model"], info.num_classes, info.channels).to(device),
                              numerics.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=options["lr"], momentum=options["momentum"],
-                                weight_decay=options["weight_decay"], foreach=True)
+    if options["optimizer"] == "adam":   # DAFL's MNIST teachers (§20.1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=options["lr"], weight_decay=options["weight_decay"],
+                                     foreach=True)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=options["lr"], momentum=options["momentum"],
+                                    weight_decay=options["weight_decay"], foreach=True)
     milestones = [int(m) for m in options["milestones"].split(",") if m]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=options["gamma"])
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.autocast_dtype == torch.float16)
@@ -155,6 +171,7 @@ def train_epoch(options: dict[str, Any], model: nn.Module, data: tuple[torch.Ten
                 numerics: Numerics) -> bool:
     """The steps of one epoch from ``run.position``; True when a stop was requested mid-epoch."""
     images_all, labels_all = data
+    info = registry.get_dataset(options["dataset"])
     position, device, batch_size = run.position, numerics.device, options["batch_size"]
     optimizer, scaler = states["optimizer"], states["scaler"]
     epoch = position["epoch"]
@@ -164,8 +181,12 @@ def train_epoch(options: dict[str, Any], model: nn.Module, data: tuple[torch.Ten
     for step in tqdm(range(position["step"], steps), desc=f"epoch {epoch}", leave=False,
                      disable=not options["progress"], initial=position["step"], total=steps):
         indices = order[step * batch_size:(step + 1) * batch_size]
-        generator = derived_generator(device, options["seed"], epoch, step)
-        images = normalizer(to_unit_float(random_crop_flip(images_all[indices], padding=4, generator=generator)))
+        images = images_all[indices]
+        if info.train_augmentation:   # the dataset's training augmentation (§2.1; none for digits, §20.1)
+            generator = derived_generator(device, options["seed"], epoch, step)
+            images = random_crop_flip(images, padding=info.train_padding, flip_prob=0.5 if info.train_flip else 0.0,
+                                      generator=generator)
+        images = normalizer(to_unit_float(images))
         if numerics.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels_all[indices]

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared command for a lent GPU
-# (results/benchmarks/README.md): the CUDA-only tests (tests/test_cuda.py), then as many rows of
-# the GPU throughput table as fit in the budget. Rerun it to continue the table: rows already
-# measured are skipped (--resume), and SKIP_TESTS=1 skips the tests on a rerun.
+# (results/benchmarks/README.md): first the whole published MNIST cells of DAFL (docs/METHODS.md
+# §20.1: 24,000 iterations each, minutes on one GPU), then the CUDA-only tests (tests/test_cuda.py),
+# then as many rows of the GPU throughput table as fit in the budget. Rerun it to continue: rows
+# already measured are skipped (--resume); SKIP_MNIST=1 and SKIP_TESTS=1 skip those parts.
 #
 #   bash benchmarks/gpu_session.sh [MINUTES_FOR_ROWS]      (default 6)
+#
+# The MNIST part needs the official files under data/MNIST/raw/ (carry "data/MNIST", 11.6 MB):
+# it estimates both cells with benchmarks/throughput.py, trains the teachers (scripts/scratch/),
+# then runs scripts/dafl/dafl_mnist_*.sh at their full schedule, each for at most MNIST_MINUTES
+# (default 4) and resumable with the same command. Logs and run directories go to $DEST/mnist/.
 #
 # Output goes to $OUT when it is set (the device tool's return folder), else to
 # results/benchmarks/; copy it back into results/benchmarks/ before the next call.
@@ -21,6 +27,22 @@ if [ "$DEST" != results/benchmarks ]; then
 fi
 nvidia-smi > "$DEST/gpu_nvidia_smi.txt" 2>&1
 "$PYTHON" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee -a "$DEST/gpu_nvidia_smi.txt"
+if [ -z "${SKIP_MNIST:-}" ] && [ -d data/MNIST/raw ]; then
+    mkdir -p "$DEST/mnist"
+    "$PYTHON" benchmarks/throughput.py --methods dafl --dataset mnist --pairs lenet5:lenet5_half,hintonnet:hintonnet_half \
+        --variants fp32 --device cuda --resume --out "$DEST/mnist/mnist_throughput.md" 2>&1 | tee -a "$DEST/mnist/mnist.log"
+    for pair in lenet5:lenet5_half hintonnet:hintonnet_half; do
+        teacher=${pair%%:*}; student=${pair##*:}
+        if [ ! -f "checkpoints/pretrained/mnist_$teacher.pth" ]; then
+            bash "scripts/scratch/scratch_mnist_$teacher.sh" --data_root data --device cuda \
+                --save_dir "$DEST/mnist/runs/scratch_mnist_$teacher" --overwrite --no_progress 2>&1 | tee -a "$DEST/mnist/mnist.log"
+        fi
+        run="$DEST/mnist/runs/dafl_mnist_${teacher}_${student}"
+        resume=(); [ -f "$run/last.pth" ] && resume=(--resume)
+        bash "scripts/dafl/dafl_mnist_${teacher}_${student}.sh" --data_root data --device cuda --save_dir "$run" \
+            --max_minutes "${MNIST_MINUTES:-4}" --no_progress "${resume[@]}" 2>&1 | tee -a "$DEST/mnist/mnist.log"
+    done
+fi
 if [ -z "${SKIP_TESTS:-}" ]; then
     "$PYTHON" -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$DEST/gpu_cuda_tests.log"
 fi

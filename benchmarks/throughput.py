@@ -93,7 +93,8 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     options = resolve_schedule(method, dataset, teacher_name, student_name, variant, [*extra, *measured])
     numerics = Numerics.from_options(options, device)
     seed_everything(0)
-    teacher = registry.get_model(teacher_name, options["num_classes"]).to(device)
+    channels = registry.get_dataset(dataset).channels
+    teacher = registry.get_model(teacher_name, options["num_classes"], channels).to(device)
     teacher = to_memory_format(freeze(teacher), numerics.channels_last)
     parts = datafree_kd.build_training(options, teacher, distributed.DistributedContext(), numerics)
     synthesizer = parts.synthesizer

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from datafree.data import DATASETS
 from datafree.errors import NonFiniteLossError, UsageError
 from datafree.seeding import MAX_SEED
 
@@ -88,10 +89,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every training command has: data, device, precision, seeding, run directory."""
     group = parser.add_argument_group("run")
-    group.add_argument("--dataset", default="cifar10", help="cifar10 or cifar100")
+    group.add_argument("--dataset", default="cifar10", help=f"one of: {', '.join(DATASETS)}")
     group.add_argument("--data_root", default=os.environ.get("DATAFREE_DATA_ROOT", "data"),
-                       help="folder holding cifar-10-batches-py/ or cifar-100-python/ "
-                            "(default $DATAFREE_DATA_ROOT or ./data)")
+                       help="torchvision-style root holding " + ", ".join(f"{info.folder}/" for info in DATASETS.values())
+                            + " (default $DATAFREE_DATA_ROOT or ./data)")
     group.add_argument("--download", action="store_true",
                        help="download the dataset into --data_root if it is missing")
     group.add_argument("--seed", type=int, default=0, help=f"random seed, 0 ≤ seed ≤ {MAX_SEED}")

@@ -1,13 +1,16 @@
-"""CIFAR-10 / CIFAR-100 on disk and in memory (METHODS.md §2.1).
+"""The datasets on disk and in memory: CIFAR-10 / CIFAR-100 (METHODS.md §2.1) and MNIST (§20).
 
-* :data:`DATASETS` holds the §2.1 constants (class count, the exact mean/std the teachers were
-  trained with) and the official python-pickle layout that torchvision downloads.
-* :func:`load_split` reads one split into a uint8 tensor once; anything wrong on disk raises
-  :class:`DatasetError`, whose one-line message shows the expected layout and the fix. The
-  pickles are read by :class:`CifarUnpickler`, which admits only what the official archives
-  hold (NumPy arrays and dtypes, lists, dicts, bytes, str, int): a file that asks for anything
-  else (e.g. a function to call) is refused in one line without running it.
-* :func:`download` fetches and verifies the official archive, only when ``--download`` asks for
+* :data:`DATASETS` holds one :class:`DatasetInfo` per dataset: everything a method or an entry
+  point reads about it (classes, channels, image size, the exact mean/std the teachers were
+  trained with, the reader of its official layout, the training and pool augmentation, the
+  ``train_scratch.py`` recipe). No code branches on a dataset's name; it reads these fields.
+* :func:`load_split` reads one split into a uint8 tensor ``(N, C, S, S)`` once; anything wrong on
+  disk raises :class:`DatasetError`, whose one-line message shows the expected layout and the
+  fix. CIFAR pickles are read by :class:`CifarUnpickler`, which admits only what the official
+  archives hold (NumPy arrays and dtypes, lists, dicts, bytes, str, int): a file that asks for
+  anything else (e.g. a function to call) is refused in one line without running it. MNIST's
+  IDX files are parsed by :mod:`datafree.idx` (no pickle involved).
+* :func:`download` fetches and verifies the official files, only when ``--download`` asks for
   it (§2.1 [CLEAN]: never download at run time unless a flag asks for it).
 * :class:`TensorLoader` replaces a DataLoader with workers: the whole split lives on the
   training device and batches are sliced, augmented (:mod:`datafree.augment`) and normalised
@@ -23,7 +26,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -31,24 +34,33 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datafree import idx
 from datafree.augment import random_crop_flip, random_permutation, to_unit_float
 from datafree.errors import UsageError
 
 __all__ = ["DATASETS", "DatasetError", "DatasetInfo", "TensorLoader", "download", "load_split"]
 
-IMAGE_SHAPE = (3, 32, 32)
-IMAGE_VALUES = 3 * 32 * 32
 DOWNLOAD_CHUNK_BYTES = 1 << 20
+#: Readers of official layouts: the python pickles of CIFAR (§2.1) and MNIST's IDX files (§20).
+READERS = ("cifar_pickle", "idx")
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Constants of one dataset (§2.1) and its official on-disk layout."""
+    """One dataset: its constants (§2.1, §20), official on-disk layout, augmentation and recipe.
+
+    ``train_padding`` / ``train_flip`` are the training augmentation of ``train_scratch.py``
+    (random crop with that zero padding, horizontal flip; 0 / False: none, as for digits), and
+    ``pool_padding`` / ``pool_flip`` the augmentation synthetic pools and banks apply to a batch
+    (§3.5). ``scratch_defaults`` overrides ``train_scratch.py``'s reference recipe (§2.2) where
+    the dataset's references train differently (MNIST: Adam, 9 epochs, §20.1). ``file_md5`` holds
+    the MD5 of each file fetched one by one (MNIST); archive datasets use ``archive_md5``.
+    """
 
     name: str
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     folder: str
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
@@ -57,6 +69,25 @@ class DatasetInfo:
     archive_filename: str
     archive_md5: str
     files_pattern: str  # the file list in brace notation, for error messages
+    channels: int = 3
+    image_size: int = 32
+    reader: str = "cifar_pickle"
+    train_padding: int = 4
+    train_flip: bool = True
+    pool_padding: int = 4
+    pool_flip: bool = True
+    scratch_defaults: Mapping[str, Any] = field(default_factory=dict)
+    file_md5: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, S, S)`` of one image as the classifiers see it."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def train_augmentation(self) -> bool:
+        """Whether ``train_scratch.py`` augments the training batches at all."""
+        return self.train_padding > 0 or self.train_flip
 
     def split_files(self, split: str) -> tuple[str, ...]:
         """File names of ``split`` ('train' or 'test') inside :attr:`folder`."""
@@ -90,6 +121,24 @@ DATASETS: dict[str, DatasetInfo] = {
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         archive_filename="cifar-100-python.tar.gz", archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
         files_pattern="{train,test}"),
+    # §20.1: 1 channel resized from 28 to 32 px once, the DAFL statistics, no augmentation
+    # (digits are not flipped), the DAFL teacher recipe for train_scratch.py.
+    "mnist": DatasetInfo(
+        name="mnist", num_classes=10, mean=(0.1307,), std=(0.3081,),
+        folder="MNIST/raw",
+        train_files=("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        test_files=("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        label_key="", url="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        archive_filename="", archive_md5="",
+        files_pattern="{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+        channels=1, image_size=32, reader="idx",
+        train_padding=0, train_flip=False, pool_padding=0, pool_flip=False,
+        scratch_defaults={"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "epochs": 9, "milestones": "",
+                          "batch_size": 256},
+        file_md5={"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                  "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                  "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+                  "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
 }
 
 
@@ -175,8 +224,9 @@ def _read_batch_file(info: DatasetInfo, root: Path, path: Path) -> tuple[np.ndar
         labels = np.asarray(content[info.label_key])
     except Exception as error:
         raise _dataset_error(info, root, f"file {path} holds unreadable data or labels ({error})") from error
-    if data.ndim != 2 or data.shape[1] != IMAGE_VALUES:
-        raise _dataset_error(info, root, f"file {path}: data has shape {data.shape}, expected (N, {IMAGE_VALUES})")
+    values = info.channels * info.image_size * info.image_size
+    if data.ndim != 2 or data.shape[1] != values:
+        raise _dataset_error(info, root, f"file {path}: data has shape {data.shape}, expected (N, {values})")
     if data.dtype != np.uint8:
         if not np.issubdtype(data.dtype, np.integer) or (data.size and (data.min() < 0 or data.max() > 255)):
             raise _dataset_error(info, root, f"file {path}: data has dtype {data.dtype}, expected uint8")
@@ -191,27 +241,55 @@ def _read_batch_file(info: DatasetInfo, root: Path, path: Path) -> tuple[np.ndar
     return data, labels
 
 
-def load_split(root: str | os.PathLike[str], dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one split of the official python-pickle files (§2.1).
+def _split_present(info: DatasetInfo, folder: Path, split: str) -> bool:
+    if info.reader == "idx":
+        return all(idx.find_file(folder, name) is not None for name in info.split_files(split))
+    return all((folder / name).is_file() for name in info.split_files(split))
 
-    Returns ``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` on the CPU. ``data`` rows are
-    the 3072 values of one image in channel planes (1024 red, 1024 green, 1024 blue, row-major).
+
+def _read_cifar_split(info: DatasetInfo, root: Path, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pickles of one CIFAR split -> (uint8 (N, 3, 32, 32), int64 (N,)), in file order."""
+    parts = [_read_batch_file(info, root, folder / name) for name in info.split_files(split)]
+    data = np.concatenate([part[0] for part in parts])
+    labels = np.concatenate([part[1] for part in parts])
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, *info.image_shape)
+    return images, torch.from_numpy(labels)
+
+
+def _read_idx_split(info: DatasetInfo, root: Path, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two IDX files of one MNIST split -> (uint8 (N, 1, S, S) resized once, int64 (N,)) (§20.1)."""
+    paths = []
+    for name in info.split_files(split):
+        path = idx.find_file(folder, name)
+        if path is None:
+            raise _dataset_error(info, root, f"file {folder / name}[.gz] is missing")
+        paths.append(path)
+    try:
+        images, labels = idx.read_digits(paths[0], paths[1], info.num_classes)
+    except idx.IdxError as error:
+        raise _dataset_error(info, root, str(error)) from None
+    return idx.resize_uint8(images, info.image_size), torch.from_numpy(labels)
+
+
+def load_split(root: str | os.PathLike[str], dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split of a dataset's official files (§2.1, §20).
+
+    Returns ``(images uint8 (N, C, S, S), labels int64 (N,))`` on the CPU. CIFAR ``data`` rows are
+    the 3072 values of one image in channel planes (1024 red, 1024 green, 1024 blue, row-major);
+    MNIST's 28-px digits are resized to ``image_size`` once here.
     Raises :class:`DatasetError` for an unknown dataset or anything wrong on disk, and
     ``ValueError`` for a split other than 'train' / 'test'.
     """
     info = dataset_info(dataset)
-    files = info.split_files(split)
+    info.split_files(split)
     root_path = Path(root)
     if not root_path.is_dir():
         raise _dataset_error(info, root_path, f"data root {root_path} does not exist")
     folder = root_path / info.folder
     if not folder.is_dir():
         raise _dataset_error(info, root_path, f"folder {folder} does not exist")
-    parts = [_read_batch_file(info, root_path, folder / name) for name in files]
-    data = np.concatenate([part[0] for part in parts])
-    labels = np.concatenate([part[1] for part in parts])
-    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, *IMAGE_SHAPE)
-    return images, torch.from_numpy(labels)
+    reader = _read_idx_split if info.reader == "idx" else _read_cifar_split
+    return reader(info, root_path, folder, split)
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -223,24 +301,27 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(info: DatasetInfo, root: Path, url: str, progress: bool) -> str:
-    """Stream ``url`` into ``root/<archive>`` through a temporary file; returns its MD5."""
-    archive = root / info.archive_filename
-    handle, temporary_name = tempfile.mkstemp(prefix=archive.name + ".", suffix=".part", dir=root)
+def _fetch(info: DatasetInfo, root: Path, url: str, progress: bool, target: Path | None = None,
+           expected_md5: str | None = None) -> str:
+    """Stream ``url`` into ``target`` (default ``root/<archive>``) through a temporary file that is
+    renamed only once its MD5 matches ``expected_md5`` (default the archive's); returns the MD5."""
+    archive = target or root / info.archive_filename
+    expected_md5 = expected_md5 or info.archive_md5
+    handle, temporary_name = tempfile.mkstemp(prefix=archive.name + ".", suffix=".part", dir=archive.parent)
     temporary = Path(temporary_name)
     digest = hashlib.md5()
     try:
         with os.fdopen(handle, "wb") as output, urllib.request.urlopen(url) as response:
             length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
             with tqdm(total=int(length) if length else None, unit="B", unit_scale=True,
-                      desc=info.archive_filename, disable=not progress) as bar:
+                      desc=archive.name, disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
                     output.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
         md5 = digest.hexdigest()
-        if md5 != info.archive_md5:
-            raise _dataset_error(info, root, f"downloaded {url} has MD5 {md5}, expected {info.archive_md5} "
+        if md5 != expected_md5:
+            raise _dataset_error(info, root, f"downloaded {url} has MD5 {md5}, expected {expected_md5} "
                                              f"(corrupt or wrong file)")
         os.replace(temporary, archive)
         return md5
@@ -269,20 +350,38 @@ def _safe_extract(info: DatasetInfo, root: Path, archive: Path) -> None:
         raise _dataset_error(info, root, f"could not extract {archive} ({type(error).__name__}: {error})") from error
 
 
-def download(root: str | os.PathLike[str], dataset: str, progress: bool = True, url: str | None = None) -> Path:
-    """Fetch, verify (MD5) and extract the official archive into ``root`` (torchvision layout).
+def _download_files(info: DatasetInfo, root: Path, progress: bool, url: str | None) -> Path:
+    """MNIST: fetch each missing ``<file>.gz`` of :attr:`DatasetInfo.file_md5` into the folder, MD5-checked."""
+    folder = root / info.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, md5 in info.file_md5.items():
+        stem = name.removesuffix(".gz")
+        if idx.find_file(folder, stem) is not None:
+            continue
+        source = (url or info.url).rstrip("/") + "/" + name
+        print(f"downloading {source} -> {folder / name}", file=sys.stderr)
+        _fetch(info, root, source, progress, target=folder / name, expected_md5=md5)
+    return folder
 
-    Does nothing when every file of the layout is already there. Reuses an archive already in
-    ``root`` whose MD5 matches; otherwise downloads it (urllib, tqdm bar) to a temporary file
-    that is renamed only after the MD5 check. ``url`` overrides the official address (a mirror).
-    Extraction refuses path traversal and links. Returns ``root/<folder>``.
+
+def download(root: str | os.PathLike[str], dataset: str, progress: bool = True, url: str | None = None) -> Path:
+    """Fetch, verify (MD5) and unpack the official files into ``root`` (torchvision layout).
+
+    Does nothing when every file of the layout is already there. CIFAR: reuses an archive already
+    in ``root`` whose MD5 matches; otherwise downloads it (urllib, tqdm bar) to a temporary file
+    that is renamed only after the MD5 check; extraction refuses path traversal and links. MNIST:
+    the four ``.gz`` files, each checked against its official MD5 and read compressed. ``url``
+    overrides the official address (a mirror; for MNIST the folder holding the four files).
+    Returns ``root/<folder>``.
     """
     info = dataset_info(dataset)
     root_path = Path(root)
     folder = root_path / info.folder
-    if all((folder / name).is_file() for name in (*info.train_files, *info.test_files)):
+    if _split_present(info, folder, "train") and _split_present(info, folder, "test"):
         return folder
     root_path.mkdir(parents=True, exist_ok=True)
+    if info.reader == "idx":
+        return _download_files(info, root_path, progress, url)
     archive = root_path / info.archive_filename
     if archive.is_file() and _file_md5(archive) == info.archive_md5:
         print(f"{archive} already downloaded and verified", file=sys.stderr)
@@ -304,7 +403,7 @@ class TensorLoader:
     Iterating yields ``(images float (B, 3, H, W) normalised, labels (B,))``. Each ``iter()`` is
     one pass: a fresh order drawn with ``generator`` when ``shuffle``, else the stored order;
     with ``augment`` the train transform (random crop with ``padding`` zero pixels + horizontal
-    flip, per sample, from :mod:`datafree.augment`) runs on the uint8 batch before conversion
+    flip unless ``flip`` is False, per sample, from :mod:`datafree.augment`) runs on the uint8 batch before conversion
     to [0, 1] and normalisation with ``mean`` / ``std`` (none when they are None).
 
     The loader keeps no state between passes (the caller owns ``generator``), so
@@ -314,7 +413,7 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
                  augment: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  device: torch.device | str | None = None, generator: torch.Generator | None = None,
-                 drop_last: bool = False, channels_last: bool = False, padding: int = 4) -> None:
+                 drop_last: bool = False, channels_last: bool = False, padding: int = 4, flip: bool = True) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"TensorLoader expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape[:1] != images.shape[:1]:
@@ -333,6 +432,7 @@ class TensorLoader:
         self.drop_last = drop_last
         self.channels_last = channels_last
         self.padding = padding
+        self.flip = flip
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32, device=target).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32, device=target).view(1, -1, 1, 1)
 
@@ -357,7 +457,8 @@ class TensorLoader:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> (augmented) float batch in [0, 1] -> normalised, in the chosen memory format."""
         if self.augment:
-            images = random_crop_flip(images, padding=self.padding, generator=self.generator)
+            images = random_crop_flip(images, padding=self.padding, flip_prob=0.5 if self.flip else 0.0,
+                                      generator=self.generator)
         output = to_unit_float(images)
         if self.mean is not None:
             output = (output - self.mean) / self.std

@@ -17,6 +17,10 @@ Each cell has a *kind* (docs/METHODS.md §5.10):
   scripts, §5.8); how it relates to the published number is unknown;
 * ``read off a figure`` — NAYER: the repository has only a figure (§11.9, §13 item 1).
 
+MNIST (§20.1): DAFL's two cells, the teachers and students trained with data, and the other rows
+of DAFL's Table 1 (KD on data, noise, USPS, meta-data), which the report prints beside a measured
+MNIST cell.
+
 A variant is the ``--log_tag`` a launcher passes (``late2022``, ``fast2``, ``nayer200``, ...);
 the default configuration of a method has the variant ``""``.
 """
@@ -144,7 +148,39 @@ def _other_entries() -> dict[tuple[str, str, str, str, str], Published]:
     return entries
 
 
-PUBLISHED: dict[tuple[str, str, str, str, str], Published] = {**_cudfkd_paper_entries(), **_other_entries()}
+# --------------------------------------------------------------------------- MNIST (§20.1, §20.2)
+#: DAFL's MNIST cells (Table 1 of the DAFL README): (teacher, student) -> DAFL's published top-1.
+MNIST_PAIRS: list[tuple[str, str]] = [("lenet5", "lenet5_half"), ("hintonnet", "hintonnet_half")]
+_DAFL_MNIST = {("lenet5", "lenet5_half"): 98.20, ("hintonnet", "hintonnet_half"): 97.91}
+DAFL_MNIST_SOURCE = "DAFL README Table 1 (huawei-noah/Efficient-Computing, §20.1)"
+#: Teachers and students trained with data on MNIST (DAFL Table 1): model -> (role, top-1).
+SCRATCH_MNIST: dict[str, tuple[str, float]] = {
+    "lenet5": ("teacher", 98.91), "lenet5_half": ("student", 98.65),
+    "hintonnet": ("teacher", 98.39), "hintonnet_half": ("student", 98.11),
+}
+#: The other rows of DAFL's Table 1 (students of the same pair trained otherwise), for the report:
+#: (teacher, student) -> [(row, top-1)]. "backprop on data" is the student trained from scratch.
+DAFL_TABLE_ROWS: dict[tuple[str, str], list[tuple[str, float]]] = {
+    ("lenet5", "lenet5_half"): [("teacher", 98.91), ("backprop on data", 98.65), ("KD on data", 98.91),
+                                ("normal-distribution noise", 88.01), ("USPS as alternative data", 94.56),
+                                ("meta-data", 92.47), ("DAFL", 98.20)],
+    ("hintonnet", "hintonnet_half"): [("teacher", 98.39), ("backprop on data", 98.11), ("KD on data", 98.39),
+                                      ("normal-distribution noise", 87.58), ("USPS as alternative data", 93.99),
+                                      ("meta-data", 91.24), ("DAFL", 97.91)],
+}
+
+
+def _mnist_entries() -> dict[tuple[str, str, str, str, str], Published]:
+    lenet = Published(_DAFL_MNIST[("lenet5", "lenet5_half")], "reproduction", DAFL_MNIST_SOURCE,
+                      "the launcher runs the values of DAFL's own MNIST code (§20.1)")
+    hinton = Published(_DAFL_MNIST[("hintonnet", "hintonnet_half")], "config not published", DAFL_MNIST_SOURCE,
+                       "DAFL's code has LeNet-5 only; the launcher copies the LeNet-5 row (§20.1)")
+    return {("dafl", "", "mnist", "lenet5", "lenet5_half"): lenet,
+            ("dafl", "", "mnist", "hintonnet", "hintonnet_half"): hinton}
+
+
+PUBLISHED: dict[tuple[str, str, str, str, str], Published] = {**_cudfkd_paper_entries(), **_other_entries(),
+                                                               **_mnist_entries()}
 
 
 def published(method: str, variant: str, dataset: str, teacher: str, student: str) -> Published | None:
@@ -153,7 +189,9 @@ def published(method: str, variant: str, dataset: str, teacher: str, student: st
 
 
 def scratch_accuracy(model: str, dataset: str) -> float | None:
-    """Reported top-1 of ``model`` trained with data on ``dataset`` (§2.2), or None."""
+    """Reported top-1 of ``model`` trained with data on ``dataset`` (§2.2; MNIST §20.1), or None."""
+    if dataset == "mnist":
+        return SCRATCH_MNIST[model][1] if model in SCRATCH_MNIST else None
     if model not in SCRATCH:
         return None
     _, cifar10, cifar100 = SCRATCH[model]

@@ -25,8 +25,8 @@ from tiny_models import TinyCNN
 class NarrowCNN(TinyCNN):
     """TinyCNN with 16-wide penultimate features (the teacher's are 32): the projection is needed."""
 
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__(num_classes)
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(num_classes, in_channels)
         self.features[-3] = nn.Conv2d(32, 16, 3, padding=1, bias=False)
         self.features[-2] = nn.BatchNorm2d(16)
         self.feature_dim = 16

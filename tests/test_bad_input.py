@@ -37,7 +37,7 @@ CASES = [
     # names, numbers and sizes
     ("unknown method", KD, ["--method", "dafx"], "unknown method 'dafx'; valid methods: cudfkd, cmi"),
     ("unknown teacher", KD, ["--teacher", "resnet99"], "unknown model 'resnet99'; valid models: resnet18"),
-    ("unknown dataset", KD, ["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: cifar10, cifar100"),
+    ("unknown dataset", KD, ["--dataset", "svhn"], "unknown dataset 'svhn'; valid datasets: cifar10, cifar100, mnist"),
     ("abbreviated flag", KD, ["--epoch", "3"], "unrecognized arguments: --epoch 3"),
     ("zero batch", KD, ["--batch_size", "0"], "--batch_size must be positive, got 0"),
     ("negative epochs", KD, ["--epochs", "-1"], "--epochs must be positive"),

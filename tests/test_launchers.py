@@ -39,7 +39,10 @@ EXPECTED = {
     "fast": {(*cell, variant) for cell in ALL_CELLS for variant in ("fast2", "fast5", "fast10")},
     "nayer": {(*cell, variant) for cell in ALL_CELLS for variant in ("nayer100", "nayer200", "nayer300")},
 }
+# DAFL's MNIST cells (§20.1).
+EXPECTED["dafl"] |= {("mnist", "lenet5", "lenet5_half", ""), ("mnist", "hintonnet", "hintonnet_half", "")}
 SCRATCH_MODELS = ("resnet34", "vgg11", "wrn40_2", "resnet18", "wrn16_1", "wrn40_1", "wrn16_2")
+MNIST_SCRATCH_MODELS = ("lenet5", "lenet5_half", "hintonnet", "hintonnet_half")
 PROGRAM = {"scratch": "train_scratch.py", **{method: "datafree_kd.py" for method in DATA_FREE}}
 PASSTHROUGH = ["--max_minutes", "0.5"]  # stands for the user's "$@"
 
@@ -132,7 +135,8 @@ def test_exact_set_of_launchers(launched):
     assert set(cells) == {"scratch", *DATA_FREE}
     for method in DATA_FREE:
         assert cells[method] == EXPECTED[method], method
-    assert cells["scratch"] == {(d, m) for d in ("cifar10", "cifar100") for m in SCRATCH_MODELS}
+    assert cells["scratch"] == ({(d, m) for d in ("cifar10", "cifar100") for m in SCRATCH_MODELS}
+                                | {("mnist", m) for m in MNIST_SCRATCH_MODELS})
 
 
 def _import_or_skip(name: str):

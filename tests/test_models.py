@@ -31,6 +31,11 @@ CLASSIFIER_TABLE: dict[str, tuple[int, int, int, int, int, int | None]] = {
     "wrn16_2": (691_674, 703_284, 128, 16, 13, None),
     "wrn40_1": (563_930, 569_780, 64, 39, 37, None),
     "wrn40_2": (2_243_546, 2_255_156, 128, 40, 37, 2_704),
+    # §1.5 (MNIST, one input channel): no BN layer
+    "lenet5": (61_706, 69_356, 120, 3, 0, None),
+    "lenet5_half": (15_738, 19_608, 60, 3, 0, None),
+    "hintonnet": (2_395_210, 2_503_300, 1200, 0, 0, None),
+    "hintonnet_half": (1_276_810, 1_348_900, 800, 0, 0, None),
 }
 
 # §1.9: l -> input shape (C, H, W) of the partial forward; "k" stands for the WRN widen factor.
@@ -75,16 +80,18 @@ def test_classifier_structure_matches_table(name: str) -> None:
 def test_classifier_output_and_feature_shapes(name: str) -> None:
     feature_dim = CLASSIFIER_TABLE[name][2]
     model = CLASSIFIERS[name](100).eval()
-    images = torch.randn(BATCH, 3, 32, 32)
+    images = torch.randn(BATCH, 1 if name.startswith(("lenet", "hinton")) else 3, 32, 32)
     with torch.no_grad():
         logits = model(images)
         logits_again, features = model(images, return_features=True)
     assert logits.shape == (BATCH, 100)
     assert features.shape == (BATCH, feature_dim)
     torch.testing.assert_close(logits, logits_again)
-    # feat is the vector that feeds the final linear layer (§1.1).
-    final_linear = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
-    torch.testing.assert_close(final_linear(features), logits)
+    # feat is the vector that feeds the final linear layer (§1.1); LeNet's is DAFL's 120-d (60-d)
+    # conv3 output, which feeds fc1 -> ReLU -> fc2 (§1.5).
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    head = (lambda x: linears[-1](torch.relu(linears[-2](x)))) if name.startswith("lenet") else linears[-1]
+    torch.testing.assert_close(head(features), logits)
 
 
 def test_resnet_class_and_stage_attributes() -> None:

@@ -82,18 +82,18 @@ def test_cpu_description_names_the_vector_instructions_and_bf16(native_bf16, mon
     assert numerics.environment_info(torch.device("cpu"))["cpu"] == description
 
 
-@pytest.mark.parametrize("device, deterministic, benchmark", [
+@pytest.mark.parametrize("device, deterministic, autotune", [
     ("cuda", False, True),   # default on a GPU: autotuned convolutions
     ("cuda", True, False),   # --deterministic: reproducible kernels, no autotuning
     ("cpu", False, False),   # nothing to tune on the CPU
 ])
-def test_cudnn_autotuning_unless_deterministic(device, deterministic, benchmark, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not benchmark)
+def test_cudnn_autotuning_unless_deterministic(device, deterministic, autotune, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not autotune)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", not deterministic)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
         numerics.configure_backends(torch.device(device), deterministic)
-        assert torch.backends.cudnn.benchmark is benchmark
+        assert torch.backends.cudnn.benchmark is autotune
         assert torch.backends.cudnn.deterministic is deterministic
         assert torch.are_deterministic_algorithms_enabled() is deterministic
         if deterministic:

@@ -1,7 +1,7 @@
-"""Model zoo: CIFAR classifiers, generators and the Normalizer (METHODS.md §1).
+"""Model zoo: CIFAR and MNIST classifiers, generators and the Normalizer (METHODS.md §1).
 
-``CLASSIFIERS`` maps the exact registry names of §1.1 to builders taking
-``num_classes``; ``registry.get_model`` looks names up here.
+``CLASSIFIERS`` maps the exact registry names of §1.1 and §1.5 to builders taking
+``num_classes`` and the keyword ``in_channels``; ``registry.get_model`` looks names up here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Callable
 from torch import nn
 
 from datafree.models.generators import (CurriculumGenerator, GeneratorS, LargeGenerator, NoisyLayerGenerator,
-                                        reset_default_init, reset_generator_init)
+                                        ReferenceGenerator, reset_default_init, reset_generator_init)
+from datafree.models.lenet import HintonNet, LeNet5, hintonnet, hintonnet_half, lenet5, lenet5_half
 from datafree.models.normalizer import Normalizer
 from datafree.models.resnet import ResNet, resnet18, resnet34
 from datafree.models.vgg import VGG, vgg11
@@ -25,6 +26,10 @@ CLASSIFIERS: dict[str, Callable[[int], nn.Module]] = {
     "wrn16_2": wrn16_2,
     "wrn40_1": wrn40_1,
     "wrn40_2": wrn40_2,
+    "lenet5": lenet5,
+    "lenet5_half": lenet5_half,
+    "hintonnet": hintonnet,
+    "hintonnet_half": hintonnet_half,
 }
 
 #: Other spellings of these architectures found in released checkpoints (their ``arch`` entry),
@@ -39,9 +44,12 @@ __all__ = [
     "CLASSIFIERS",
     "CurriculumGenerator",
     "GeneratorS",
+    "HintonNet",
+    "LeNet5",
     "LargeGenerator",
     "NoisyLayerGenerator",
     "Normalizer",
+    "ReferenceGenerator",
     "ResNet",
     "VGG",
     "WideResNet",

@@ -1,5 +1,5 @@
-"""Latent-to-image generators G-S, G-L and G-Cu, NAYER's noisy-layer generator, and their
-re-initialisations (METHODS.md §1.7, §11.4).
+"""Latent-to-image generators G-S, G-L, G-Cu and G-D, NAYER's noisy-layer generator, and their
+re-initialisations (METHODS.md §1.7, §11.4, §20.1).
 
 All three map ``z`` of shape ``(B, nz)`` to images in [0, 1] (sigmoid output)
 of shape ``(B, 3, img_size, img_size)``: a Linear projection reshaped to a
@@ -35,9 +35,9 @@ def conv_bn_leaky_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     ]
 
 
-def to_rgb(in_channels: int) -> list[nn.Module]:
-    """conv3x3 (with bias) to 3 channels, then Sigmoid so pixels lie in [0, 1] (§1.7)."""
-    return [nn.Conv2d(in_channels, 3, kernel_size=3, stride=1, padding=1), nn.Sigmoid()]
+def to_rgb(in_channels: int, out_channels: int = 3) -> list[nn.Module]:
+    """conv3x3 (with bias) to the image's channels (3; 1 for MNIST), then Sigmoid so pixels lie in [0, 1] (§1.7)."""
+    return [nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1), nn.Sigmoid()]
 
 
 class ProjectedConvGenerator(nn.Module):
@@ -70,7 +70,7 @@ def start_size_for(img_size: int, num_upsamplings: int) -> int:
     return img_size // factor
 
 
-def gs_body(ngf: int) -> list[nn.Module]:
+def gs_body(ngf: int, out_channels: int = 3) -> list[nn.Module]:
     """The "G-S body", everything of G-S after its Linear (§1.7; shared with NAYER, §11.4).
 
     BN(2ngf) -> Up -> conv 2ngf->2ngf (no bias) -> BN -> LReLU -> Up -> conv 2ngf->ngf (no bias)
@@ -81,7 +81,7 @@ def gs_body(ngf: int) -> list[nn.Module]:
     layers += conv_bn_leaky_relu(start_channels, start_channels)
     layers += [nn.Upsample(scale_factor=2, mode="nearest")]
     layers += conv_bn_leaky_relu(start_channels, ngf)
-    layers += to_rgb(ngf)
+    layers += to_rgb(ngf, out_channels)
     return layers
 
 
@@ -93,8 +93,8 @@ class GeneratorS(ProjectedConvGenerator):
     -> conv ngf->3 -> Sigmoid. 2,328,899 parameters with nz=256, ngf=64.
     """
 
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32) -> None:
-        super().__init__(nz, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf))
+    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, out_channels: int = 3) -> None:
+        super().__init__(nz, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf, out_channels))
 
 
 class NoisyLayers(nn.Module):
@@ -162,7 +162,7 @@ class NoisyLayerGenerator(nn.Module):
     """
 
     def __init__(self, embeddings: torch.Tensor, hidden: int = 1000, ngf: int = 64, img_size: int = 32,
-                 batch_size: int = 400) -> None:
+                 batch_size: int = 400, out_channels: int = 3) -> None:
         super().__init__()
         if embeddings.dim() != 2 or embeddings.shape[0] < 1 or embeddings.shape[1] < 1:
             raise ValueError(f"embeddings must be a non-empty C x D matrix, got shape {tuple(embeddings.shape)}")
@@ -173,7 +173,7 @@ class NoisyLayerGenerator(nn.Module):
         self.register_buffer("embeddings", embeddings.detach().float().clone(), persistent=False)
         self.embedding_norm = nn.BatchNorm1d(self.embedding_dim, track_running_stats=False)
         self.noisy_layers = NoisyLayers(-(-batch_size // self.num_classes), self.embedding_dim, hidden)
-        self.decoder = ProjectedConvGenerator(hidden, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf))
+        self.decoder = ProjectedConvGenerator(hidden, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf, out_channels))
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """Images ``(N, 3, img_size, img_size)`` in [0, 1] for class labels ``(N,)``."""
@@ -198,13 +198,13 @@ class LargeGenerator(ProjectedConvGenerator):
     4,581,955 parameters with nz=256, 8,776,259 with nz=512 (ngf=64).
     """
 
-    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32) -> None:
+    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, out_channels: int = 3) -> None:
         start_channels = 4 * ngf
         layers: list[nn.Module] = [nn.BatchNorm2d(start_channels), nn.Upsample(scale_factor=2, mode="nearest")]
         layers += conv_bn_leaky_relu(start_channels, 2 * ngf)
         layers += [nn.Upsample(scale_factor=2, mode="nearest")]
         layers += conv_bn_leaky_relu(2 * ngf, ngf)
-        layers += to_rgb(ngf)
+        layers += to_rgb(ngf, out_channels)
         super().__init__(nz, start_channels, start_size_for(img_size, 2), layers)
 
 
@@ -218,7 +218,7 @@ class CurriculumGenerator(ProjectedConvGenerator):
     unused ``cond``/``type``/``widen_factor`` arguments are dropped ([CLEAN]).
     """
 
-    def __init__(self, nz: int = 512, ngf: int = 64, depth: int = 2, img_size: int = 32) -> None:
+    def __init__(self, nz: int = 512, ngf: int = 64, depth: int = 2, img_size: int = 32, out_channels: int = 3) -> None:
         if depth < 1:
             raise ValueError(f"CurriculumGenerator depth must be >= 1, got {depth}")
         start_channels = ngf * 2**depth
@@ -229,9 +229,52 @@ class CurriculumGenerator(ProjectedConvGenerator):
             layers += [nn.Upsample(scale_factor=2, mode="nearest")]
             channels //= 2
         layers += conv_bn_leaky_relu(channels, ngf)
-        layers += to_rgb(ngf)
+        layers += to_rgb(ngf, out_channels)
         super().__init__(nz, start_channels, start_size_for(img_size, depth), layers)
         self.depth = depth
+
+
+class AffineFreeBatchNorm(nn.BatchNorm2d):
+    """``BatchNorm2d(affine=False)``: the DAFL / DFAD output layer that normalises each image channel
+    of a generated batch to zero mean and unit variance (§20.1)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=False)
+
+
+#: Output heads of :class:`ReferenceGenerator` (§20.1): ``sigmoid`` gives pixels in [0, 1] that the
+#: dataset normaliser maps into model space; ``normalized`` (Tanh, then an affine-free BN) gives
+#: images already in model space, fed to the classifiers without the normaliser.
+GENERATOR_OUTPUTS = ("sigmoid", "normalized")
+
+
+class ReferenceGenerator(ProjectedConvGenerator):
+    """G-D, the generator of the DAFL and DFAD reference code (§20.1, §20.2), for any channel count.
+
+    Linear(nz -> 2ngf·s0²), s0 = img_size/4 -> BN(2ngf) -> Up -> conv 2ngf->2ngf (bias) -> BN(eps)
+    -> LReLU(0.2) -> Up -> conv 2ngf->ngf (bias) -> BN(eps) -> LReLU(0.2) -> conv ngf->C (bias) ->
+    output. ``bn_eps`` is the eps of the two inner BNs: 0.8 in DAFL's code (its ``BatchNorm2d(c,
+    0.8)`` passes 0.8 as eps), PyTorch's 1e-5 in DFAD's. ``output`` is ``normalized`` (Tanh, then
+    ``BatchNorm2d(C, affine=False)``, the references' head) or ``sigmoid`` (pixels in [0, 1]).
+    PyTorch default init. 1,049,985 parameters with nz 100, ngf 64, 32 px, C 1 (normalized head).
+    """
+
+    def __init__(self, nz: int = 100, ngf: int = 64, img_size: int = 32, out_channels: int = 1,
+                 bn_eps: float = 1e-5, output: str = "normalized") -> None:
+        if output not in GENERATOR_OUTPUTS:
+            raise ValueError(f"output must be one of {GENERATOR_OUTPUTS}, got {output!r}")
+        start_channels = 2 * ngf
+        layers: list[nn.Module] = [
+            nn.BatchNorm2d(start_channels), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(start_channels, start_channels, 3, stride=1, padding=1),
+            nn.BatchNorm2d(start_channels, eps=bn_eps), nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(start_channels, ngf, 3, stride=1, padding=1),
+            nn.BatchNorm2d(ngf, eps=bn_eps), nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
+            nn.Conv2d(ngf, out_channels, 3, stride=1, padding=1)]
+        layers += [nn.Tanh(), AffineFreeBatchNorm(out_channels)] if output == "normalized" else [nn.Sigmoid()]
+        super().__init__(nz, start_channels, start_size_for(img_size, 2), layers)
+        self.output = output
 
 
 def reset_generator_init(module: nn.Module, generator: torch.Generator | None = None) -> None:

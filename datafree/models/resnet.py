@@ -54,12 +54,13 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet with a 3x3 stem and no max-pool (§1.2); ``feature_dim`` = 512."""
 
-    def __init__(self, blocks_per_stage: tuple[int, int, int, int], num_classes: int = 10) -> None:
+    def __init__(self, blocks_per_stage: tuple[int, int, int, int], num_classes: int = 10,
+                 in_channels: int = 3) -> None:
         super().__init__()
         if len(blocks_per_stage) != 4:
             raise ValueError(f"ResNet needs 4 stage sizes, got {blocks_per_stage}")
         self.feature_dim = STAGE_WIDTHS[-1]
-        self.conv1 = nn.Conv2d(3, STAGE_WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         in_channels = STAGE_WIDTHS[0]
         stages = []
@@ -99,11 +100,11 @@ class ResNet(nn.Module):
         return logits
 
 
-def resnet18(num_classes: int = 10) -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """ResNet-18, blocks [2, 2, 2, 2] (§1.2)."""
-    return ResNet((2, 2, 2, 2), num_classes)
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)
 
 
-def resnet34(num_classes: int = 10) -> ResNet:
+def resnet34(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """ResNet-34, blocks [3, 4, 6, 3] (§1.2)."""
-    return ResNet((3, 4, 6, 3), num_classes)
+    return ResNet((3, 4, 6, 3), num_classes, in_channels)

@@ -39,11 +39,11 @@ def make_vgg_block(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
 class VGG(nn.Module):
     """Five-block VGG with BN for 32-px (and 64-px) inputs; ``feature_dim`` = 512."""
 
-    def __init__(self, block_widths: tuple[tuple[int, ...], ...] = VGG11_BLOCK_WIDTHS, num_classes: int = 10) -> None:
+    def __init__(self, block_widths: tuple[tuple[int, ...], ...] = VGG11_BLOCK_WIDTHS, num_classes: int = 10,
+                 in_channels: int = 3) -> None:
         super().__init__()
         if len(block_widths) != 5:
             raise ValueError(f"VGG needs 5 blocks, got {len(block_widths)}")
-        in_channels = 3
         blocks = []
         for widths in block_widths:
             blocks.append(make_vgg_block(in_channels, widths))
@@ -88,6 +88,6 @@ class VGG(nn.Module):
         return logits
 
 
-def vgg11(num_classes: int = 10) -> VGG:
+def vgg11(num_classes: int = 10, in_channels: int = 3) -> VGG:
     """VGG-11 with BN (configuration "A"), §1.3."""
-    return VGG(VGG11_BLOCK_WIDTHS, num_classes)
+    return VGG(VGG11_BLOCK_WIDTHS, num_classes, in_channels)

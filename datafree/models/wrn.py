@@ -73,14 +73,15 @@ class WideResNetGroup(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen_factor for 32-px inputs; ``feature_dim`` = 64 * widen_factor (§1.4)."""
 
-    def __init__(self, depth: int, num_classes: int = 10, widen_factor: int = 1, dropout_rate: float = 0.0) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, widen_factor: int = 1, dropout_rate: float = 0.0,
+                 in_channels: int = 3) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1, got {depth}")
         blocks_per_group = (depth - 4) // 6
         channels = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.feature_dim = channels[3]
-        self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.block1 = WideResNetGroup(blocks_per_group, channels[0], channels[1], 1, dropout_rate)
         self.block2 = WideResNetGroup(blocks_per_group, channels[1], channels[2], 2, dropout_rate)
         self.block3 = WideResNetGroup(blocks_per_group, channels[2], channels[3], 2, dropout_rate)
@@ -116,21 +117,21 @@ class WideResNet(nn.Module):
         return logits
 
 
-def wrn16_1(num_classes: int = 10, dropout_rate: float = 0.0) -> WideResNet:
+def wrn16_1(num_classes: int = 10, dropout_rate: float = 0.0, in_channels: int = 3) -> WideResNet:
     """WRN-16-1 (§1.4)."""
-    return WideResNet(16, num_classes, 1, dropout_rate)
+    return WideResNet(16, num_classes, 1, dropout_rate, in_channels)
 
 
-def wrn16_2(num_classes: int = 10, dropout_rate: float = 0.0) -> WideResNet:
+def wrn16_2(num_classes: int = 10, dropout_rate: float = 0.0, in_channels: int = 3) -> WideResNet:
     """WRN-16-2 (§1.4)."""
-    return WideResNet(16, num_classes, 2, dropout_rate)
+    return WideResNet(16, num_classes, 2, dropout_rate, in_channels)
 
 
-def wrn40_1(num_classes: int = 10, dropout_rate: float = 0.0) -> WideResNet:
+def wrn40_1(num_classes: int = 10, dropout_rate: float = 0.0, in_channels: int = 3) -> WideResNet:
     """WRN-40-1 (§1.4)."""
-    return WideResNet(40, num_classes, 1, dropout_rate)
+    return WideResNet(40, num_classes, 1, dropout_rate, in_channels)
 
 
-def wrn40_2(num_classes: int = 10, dropout_rate: float = 0.0) -> WideResNet:
+def wrn40_2(num_classes: int = 10, dropout_rate: float = 0.0, in_channels: int = 3) -> WideResNet:
     """WRN-40-2 (§1.4)."""
-    return WideResNet(40, num_classes, 2, dropout_rate)
+    return WideResNet(40, num_classes, 2, dropout_rate, in_channels)

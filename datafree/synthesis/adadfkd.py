@@ -42,7 +42,7 @@ from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
 
 
-def feature_width(model: nn.Module, image_size: int, device: torch.device) -> int:
+def feature_width(model: nn.Module, image_size: int, device: torch.device, channels: int = 3) -> int:
     """Width of ``model``'s penultimate features: its ``feature_dim`` attribute, else one eval()
     forward of a blank image (no gradient; the model's mode is restored)."""
     width = getattr(model, "feature_dim", None)
@@ -52,7 +52,7 @@ def feature_width(model: nn.Module, image_size: int, device: torch.device) -> in
     model.eval()
     try:
         with torch.no_grad():
-            _, features = model(torch.zeros(1, 3, image_size, image_size, device=device), return_features=True)
+            _, features = model(torch.zeros(1, channels, image_size, image_size, device=device), return_features=True)
     finally:
         model.train(was_training)
     return int(features.shape[1])
@@ -82,8 +82,8 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         self.window_length = float(options["length"])
         self.nce_weight = float(options["s_nce"])
         self.ref_random_projection = bool(options["ada_ref_random_projection"])
-        self.student_width = feature_width(setup.student, setup.image_size, setup.device)
-        self.teacher_width = feature_width(setup.teacher, setup.image_size, setup.device)
+        self.student_width = feature_width(setup.student, setup.image_size, setup.device, setup.channels)
+        self.teacher_width = feature_width(setup.teacher, setup.image_size, setup.device, setup.channels)
         # P: Linear(d_S, d_T) when the widths differ (§12.8 item 1); the student's SGD trains it.
         self.projection: nn.Linear | None = None
         if self.student_width != self.teacher_width and not self.ref_random_projection:

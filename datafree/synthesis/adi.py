@@ -72,7 +72,8 @@ class ADISynthesizer(PooledSynthesizer):
     # ------------------------------------------------------------------ synthesis
     def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of L for normalised ``pixels`` (one jitter + flip draw): name -> (weight, value)."""
-        augmented = jitter_flip(pixels, max_shift=self.max_shift, generator=self.augmentation_stream)
+        augmented = jitter_flip(pixels, max_shift=self.max_shift, flip_prob=self.flip_probability,
+                                generator=self.augmentation_stream)
         teacher_logits = self.teacher_forward(augmented)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if self.bn_hook is not None:
@@ -92,7 +93,7 @@ class ADISynthesizer(PooledSynthesizer):
     def synthesize(self) -> dict[str, torch.Tensor]:
         """``g_steps`` Adam steps on fresh pixels; stores the best (or, with keep_last, final) batch."""
         count, size = self.setup.synthesis_batch_size, self.setup.image_size
-        pixels = self.randn(count, 3, size, size).requires_grad_(True)
+        pixels = self.randn(count, self.setup.channels, size, size).requires_grad_(True)
         targets = self.random_labels(count)
         optimizer = torch.optim.Adam([pixels], lr=self.synthesis_lr, betas=self.betas)
         best_loss = torch.full((), float("inf"), device=self.device)

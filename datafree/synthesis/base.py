@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 import torch.nn as nn
 
+from datafree.augment import random_crop_flip
 from datafree.criterions import kl_divergence
 from datafree.hooks import BatchNormStatisticsHook
 from datafree.seeding import MAX_SEED
@@ -52,7 +53,9 @@ class SynthesisSetup:
     module being trained (never the DDP wrapper: every rank holds the same weights, and a
     synthesis query must not trigger gradient all-reduces); synthesizers that query it put it
     in eval() for the query and restore its mode. ``seed`` and ``rank`` seed the synthesizer's two
-    private RNG streams (noise and augmentation, see ``Synthesizer``).
+    private RNG streams (noise and augmentation, see ``Synthesizer``). ``image_size``,
+    ``channels`` and the pool augmentation (``pool_padding``, ``pool_flip``) come from the
+    dataset entry (§20, ``datafree.data.DatasetInfo``): methods read them here, never a dataset name.
     """
 
     teacher: nn.Module
@@ -71,6 +74,9 @@ class SynthesisSetup:
     image_size: int = 32
     rank: int = 0
     world_size: int = 1
+    channels: int = 3
+    pool_padding: int = 4
+    pool_flip: bool = True
 
 
 class Synthesizer:
@@ -93,6 +99,9 @@ class Synthesizer:
     #: Per-dataset overrides of DEFAULTS, for methods whose published settings differ by dataset
     #: (e.g. CuDFKD's CIFAR-100 main row, §5.8): ``{"cifar100": {...}}``.
     DATASET_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Why the method cannot run at all on a teacher without BatchNorm layers (e.g. CMI's instance
+    #: features are the inputs of the teacher's BN layers, §4.5), or "" when it can (§20).
+    requires_batchnorm: ClassVar[str] = ""
     #: True when ``student_loss`` needs the penultimate features of student and teacher (§12.9);
     #: the KD step then runs both networks with ``return_features=True``.
     needs_features: ClassVar[bool] = False
@@ -132,6 +141,12 @@ class Synthesizer:
         """Ways in which this configuration departs from the paper, printed at start (e.g. NAYER
         without CLIP label embeddings, §11.3)."""
         return []
+
+    @classmethod
+    def batchnorm_terms(cls, options: Mapping[str, Any]) -> list[str]:
+        """The options whose (positive) loss terms read the teacher's BN layers: ``bn`` (§3.2). A
+        teacher without BN layers refuses them in one line instead of a silent zero (§20)."""
+        return ["bn"] if float(options.get("bn", 0.0)) > 0 else []
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
@@ -238,6 +253,17 @@ class Synthesizer:
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
+
+    def pool_augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The dataset's pool augmentation (§3.5): random crop with ``pool_padding`` zero pixels and a
+        horizontal flip (CIFAR: 4 px + flip; MNIST: none), per sample, from the augmentation stream."""
+        return random_crop_flip(images, padding=self.setup.pool_padding, flip_prob=self.flip_probability,
+                                generator=self.augmentation_stream)
+
+    @property
+    def flip_probability(self) -> float:
+        """0.5 where the dataset's pool augmentation flips (CIFAR), 0 where it does not (digits)."""
+        return 0.5 if self.setup.pool_flip else 0.0
 
     def memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.setup.channels_last:

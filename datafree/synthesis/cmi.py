@@ -38,14 +38,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.augment import random_crop_flip, random_resized_crop_flip
+from datafree.augment import random_resized_crop_flip
 from datafree.criterions import adversarial_kl_masked, contrastive_loss
 from datafree.errors import UsageError
 from datafree.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.pool import MemoryBank
 from datafree.synthesis.base import SynthesisSetup
-from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: Area range of the local view's random resized crop (§4.5).
 LOCAL_VIEW_SCALE = (0.25, 1.0)
@@ -66,6 +66,8 @@ class ProjectionHead(nn.Module):
 class CMISynthesizer(PooledSynthesizer):
     """Contrastive Model Inversion (§4.5): fresh G-S + latents per batch, persistent head, feature bank."""
 
+    requires_batchnorm = "its contrastive prior's instance features are the inputs of the teacher's BN layers (§4.5)"
+
     #: §4.7 CMI row.
     DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
                 "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
@@ -78,8 +80,8 @@ class CMISynthesizer(PooledSynthesizer):
         self.cr_temperature = float(options["cr_T"])
         self.latent_dim = int(options["nz"])
         self.negative_count = int(options["n_neg"])
-        self.image_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]),
-                                          img_size=setup.image_size).to(setup.device)
+        self.image_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]), img_size=setup.image_size,
+                                          out_channels=setup.channels).to(setup.device)
         self.feature_hook = InstanceFeatureHook(instance_feature_modules(self.teacher))
         self.feature_dim = self.probe_feature_dim()
         self.head = ProjectionHead(self.feature_dim, int(options["head_dim"])).to(setup.device)
@@ -119,7 +121,7 @@ class CMISynthesizer(PooledSynthesizer):
     def probe_feature_dim(self) -> int:
         """``d``: the instance-feature width, read from one teacher forward of a blank image."""
         size = self.setup.image_size
-        self.teacher_forward(torch.zeros(1, 3, size, size, device=self.device))
+        self.teacher_forward(torch.zeros(1, self.setup.channels, size, size, device=self.device))
         return int(self.feature_hook.features.shape[1])
 
     # ------------------------------------------------------------------ synthesis
@@ -146,9 +148,9 @@ class CMISynthesizer(PooledSynthesizer):
     def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[dict[str, tuple[float, torch.Tensor]], torch.Tensor]:
         """Weighted terms of L for generator output ``images`` (name -> (weight, value)) and ``[hl ‖ hg]``."""
-        global_view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING,
-                                                       generator=self.augmentation_stream))
+        global_view = self.normalizer(self.pool_augment(images))
         local_view = self.normalizer(random_resized_crop_flip(images, scale=LOCAL_VIEW_SCALE,
+                                                              flip_prob=self.flip_probability,
                                                               generator=self.augmentation_stream))
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         teacher_logits = self.teacher_forward(global_view)

@@ -120,11 +120,14 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
                              f"{options['begin_fraction']} and {options['end_fraction']}")
         if options["depth"] < 1:
             raise UsageError(f"--depth must be at least 1, got {options['depth']}")
+        if options["generator"] != "G-L" or options["gen_output"] != "sigmoid":
+            raise UsageError(f"--generator / --gen_output do not apply to --method {options['method']}: it builds "
+                             "the curriculum generator G-Cu (set its depth with --depth)")
 
     def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
         """G-Cu with the §1.7 initialisation applied once, from the run's seed."""
         network = CurriculumGenerator(nz=self.latent_dim, ngf=self.generator_width, depth=self.depth,
-                                      img_size=self.setup.image_size)
+                                      img_size=self.setup.image_size, out_channels=self.setup.channels)
         init_stream = torch.Generator().manual_seed(self.setup.seed)
         reset_generator_init(network, generator=init_stream)
         return network

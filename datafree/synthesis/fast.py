@@ -44,12 +44,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.augment import random_crop_flip
 from datafree.criterions import adversarial_kl_masked
 from datafree.errors import UsageError
 from datafree.models import GeneratorS
 from datafree.synthesis.base import SynthesisSetup
-from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
 FAST_VARIANTS: dict[str, dict[str, Any]] = {
@@ -83,8 +82,8 @@ class FastSynthesizer(PooledSynthesizer):
         self.meta_rule = str(options["fast_meta"])
         self.warmup = int(options["warmup"])
         self.reset_epoch = int(options["reset_l0_epoch"])
-        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]),
-                                         img_size=setup.image_size).to(setup.device)
+        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]), img_size=setup.image_size,
+                                         out_channels=setup.channels).to(setup.device)
         # θ': one module for every synthesis, overwritten with θ at the start of each call.
         self.fast_generator = copy.deepcopy(self.meta_generator)
         self.meta_optimizer = torch.optim.Adam(self.meta_generator.parameters(),
@@ -176,7 +175,7 @@ class FastSynthesizer(PooledSynthesizer):
 
     def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of the inner objective L for generator output ``images`` (§10.4): name -> (weight, value)."""
-        view = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.augmentation_stream))
+        view = self.normalizer(self.pool_augment(images))
         teacher_logits = self.teacher_forward(view)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if self.bn_hook is not None:

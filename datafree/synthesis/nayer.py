@@ -41,12 +41,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree import label_embeddings
-from datafree.augment import random_crop_flip
 from datafree.criterions import adversarial_kl_masked
 from datafree.errors import UsageError
 from datafree.models import NoisyLayerGenerator, reset_default_init
 from datafree.synthesis.base import SynthesisSetup
-from datafree.synthesis.pooled import POOL_CROP_PADDING, PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: NAYER's own options that must be positive integers (checked by ``check_options``).
 POSITIVE_INTEGERS = ("g_loops", "gwp_loops", "g_life", "le_hidden")
@@ -96,7 +95,8 @@ class NAYERSynthesizer(PooledSynthesizer):
             str(options["label_embeddings"]), setup.num_classes, self.teacher, setup.seed)
         self.image_generator = NoisyLayerGenerator(
             embeddings.to(setup.device), hidden=int(options["le_hidden"]), ngf=int(options["ngf"]),
-            img_size=setup.image_size, batch_size=setup.synthesis_batch_size).to(setup.device)
+            img_size=setup.image_size, batch_size=setup.synthesis_batch_size,
+            out_channels=setup.channels).to(setup.device)
         if setup.rank == 0:
             print(f"NAYER label embeddings: {self.embedding_description}", flush=True)
         self.epoch = 0
@@ -191,8 +191,7 @@ class NAYERSynthesizer(PooledSynthesizer):
     def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor, adversarial: bool,
                         student_train_mode: bool) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of L (§11.5) for generator output ``images``: name -> (weight, value)."""
-        augmented = self.normalizer(random_crop_flip(images, padding=POOL_CROP_PADDING,
-                                                     generator=self.augmentation_stream))
+        augmented = self.normalizer(self.pool_augment(images))
         teacher_logits = self.teacher_forward(augmented)
         terms: dict[str, tuple[float, torch.Tensor]] = {}
         if self.bn_hook is not None:

@@ -17,12 +17,11 @@ from typing import Any, Mapping
 
 import torch
 
-from datafree.augment import random_crop_flip, to_unit_float
+from datafree.augment import to_unit_float
 from datafree.pool import ImagePool
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
 #: Zero padding of the pool's train-transform random crop (§3.5).
-POOL_CROP_PADDING = 4
 
 
 def keep_lower(loss: torch.Tensor, best_loss: torch.Tensor, candidates: tuple[torch.Tensor, ...],
@@ -58,7 +57,7 @@ class PooledSynthesizer(Synthesizer):
     def sample(self) -> torch.Tensor:
         """``B`` pool images through random crop (pad 4) + flip, as float, normalised (§3.5)."""
         images = self.pool.sample(self.setup.batch_size, generator=self.augmentation_stream)
-        augmented = random_crop_flip(images, padding=POOL_CROP_PADDING, generator=self.augmentation_stream)
+        augmented = self.pool_augment(images)
         return self.memory_format(self.normalizer(to_unit_float(augmented)))
 
     def preview_images(self) -> torch.Tensor | None:
