@@ -33,7 +33,7 @@ from tqdm import tqdm
 import registry
 from datafree import distributed
 from datafree.checkpoints import file_sha256, load_classifier
-from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, resolved_config, run_cli
+from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, first_line, resolved_config, run_cli
 from datafree.data import DatasetError, TensorLoader, download, load_split
 from datafree.errors import CheckpointError, UsageError
 from datafree.evaluation import evaluate
@@ -288,6 +288,22 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
     return TrainingParts(student, trained_student, synthesizer, optimizer, scheduler, scaler)
 
 
+def build_parts(options: dict[str, Any], teacher: nn.Module, context: distributed.DistributedContext,
+                numerics: Numerics) -> TrainingParts:
+    """:func:`build_training`, with an allocation failure turned into one line that names its cause:
+    the sizes in the command, not the batch alone (e.g. NAYER's ``--le_hidden``); nothing exists yet."""
+    try:
+        return build_training(options, teacher, context, numerics)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not isinstance(error, torch.OutOfMemoryError) \
+                and "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise UsageError(f"out of memory while building the student and the {options['method']} synthesizer "
+                         f"({first_line(error, limit=100)}); nothing was created: lower the sizes in the command "
+                         "(--batch_size, --synthesis_batch_size, --nz, --ngf or the method's own, such as "
+                         "--le_hidden, --bank_size, --queue_size)") from None
+
+
 def student_step(synthesizer: Synthesizer, teacher: nn.Module, trained_student: nn.Module,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  autocast_dtype: torch.dtype | None, kd_step: int, skip_nonfinite: bool = False,
@@ -342,18 +358,18 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext, de
     test_batches = load_test_batches(options, numerics) if context.is_main else None
     identity = {"arch": options["student"], "num_classes": options["num_classes"], "dataset": options["dataset"],
                 "method": options["method"]}
+    if context.is_main:
+        print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
+        for note in registry.get_method(options["method"]).deviations(options):
+            print(f"deviation from the paper: {note}")
+    seed_everything(options["seed"])
+    parts = build_parts(options, teacher, context, numerics)   # before the run directory is created
     run = RunLifecycle(options, "distillation_run", identity, device, stop, context,
                        protected=(options["teacher_ckpt"],))
     run.open({**options, "teacher_sha256": file_sha256(Path(options["teacher_ckpt"])),
               "world_size": context.world_size, "batch_size_per_rank": options["batch_size"] // context.world_size,
               "synthesis_batch_size_per_rank": options["synthesis_batch_size"] // context.world_size,
               "environment": environment_info(device)})
-    if context.is_main:
-        print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
-        for note in registry.get_method(options["method"]).deviations(options):
-            print(f"deviation from the paper: {note}")
-    seed_everything(options["seed"])
-    parts = build_training(options, teacher, context, numerics)
     run.attach(parts.states(), parts.student, START)
     if stop.requested:  # a signal during set-up: stop at once, resumable from the first last.pth
         return run.interrupt(0, None)

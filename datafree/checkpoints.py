@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +43,10 @@ def temporary_path(path: Path) -> Path:
 
 class WriteError(UsageError):
     """A file could not be written (full disk, permissions, read-only file system); one line."""
+
+    def message_without_advice(self) -> str:
+        """The message up to its advice (``cannot write PATH (REASON)``)."""
+        return str(self).split("; free space or fix", 1)[0]
 
 
 def write_error(path: Path, error: OSError, kept: bool) -> WriteError:
@@ -70,10 +76,24 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise write_error(path, error, kept=path.exists()) from None
+    except RuntimeError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        if not is_write_failure(error):
+            raise
+        # torch's zip writer reports a full disk as a RuntimeError from inline_container.cc.
+        raise write_error(path, OSError(errno.ENOSPC, "the write failed: no space left on the device?"),
+                          kept=path.exists()) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+
+
+def is_write_failure(error: RuntimeError) -> bool:
+    """True for the RuntimeError torch.save raises when its file cannot be written (a full disk)."""
+    text = str(error)
+    return "PytorchStreamWriter" in text or "file write failed" in text or "inline_container" in text
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
@@ -115,7 +135,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}" + ("" if not path.exists() else " (not a file)"))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # torch warns about the pickle protocol of legacy files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         name = _refused_global(error)
         if name is None:

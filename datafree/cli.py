@@ -70,8 +70,12 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message, cut at a word boundary (with "...") beyond ``limit`` characters."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(" ,.;:") + " ..."
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -151,10 +155,17 @@ def check_numbers(options: dict[str, Any]) -> None:
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse to resume a run with settings that change what it computes (paths do not count)."""
+    """Refuse to resume a run with settings that change what it computes (paths do not count).
+
+    A file option whose content is pinned by ``<key>_sha256`` (NAYER's ``--label_embeddings``) is
+    compared by that hash: the same file under another path (a moved run) resumes.
+    """
+    def pinned(key: str) -> bool:
+        return bool(saved.get(f"{key}_sha256")) and bool(current.get(f"{key}_sha256"))
+
     differences = [f"{key} (saved {saved.get(key)!r}, given {current.get(key)!r})"
                    for key in sorted(set(saved) | set(current))
-                   if key not in RUNTIME_KEYS and saved.get(key) != current.get(key)]
+                   if key not in RUNTIME_KEYS and not pinned(key) and saved.get(key) != current.get(key)]
     if differences:
         raise UsageError("--resume continues the saved configuration, but these flags differ: "
                          + "; ".join(differences) + " — pass the original flags or start a new --save_dir")

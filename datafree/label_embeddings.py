@@ -19,6 +19,8 @@ All three pass through the generator's BatchNorm1d (§11.4), so their scale does
 """
 from __future__ import annotations
 
+import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,10 +56,12 @@ def read_embedding_file(path: str | Path) -> Any:
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():   # torch warns about pickle protocols of legacy files
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickled objects, corrupt archives: refused without being run
-            raise UsageError(f"{FLAG} {path} cannot be read as a tensor saved by torch.save (read with "
-                             f"weights_only=True, nothing pickled is run: {first_line(error)}); {HOW_TO}") from None
+            raise UsageError(f"{FLAG} {path} cannot be read as a tensor saved by torch.save ({_load_failure(error)}; "
+                             f"read with weights_only=True, nothing in it is run); {HOW_TO}") from None
     if suffix in NUMPY_SUFFIXES:
         try:
             return np.load(path, allow_pickle=False)
@@ -65,6 +69,13 @@ def read_embedding_file(path: str | Path) -> Any:
             raise UsageError(f"{FLAG} {path} cannot be read as a .npy array (read with allow_pickle=False, "
                              f"nothing pickled is run: {first_line(error)}); {HOW_TO}") from None
     raise UsageError(f"{FLAG} {path} has the unknown extension {path.suffix!r}; {HOW_TO}")
+
+
+def _load_failure(error: Exception) -> str:
+    """Why a weights-only ``torch.load`` failed, in our words (torch's own message runs to many lines)."""
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in str(error):
+        return "it holds Python objects, not only tensors"
+    return first_line(error, limit=100)
 
 
 def check_embedding_file(path: str | Path, num_classes: int) -> torch.Tensor:

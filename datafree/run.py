@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 
 from datafree import distributed
-from datafree.checkpoints import CHECKPOINT_FORMAT, atomic_save, atomic_write_text, load_checkpoint, save_classifier
+from datafree.checkpoints import (CHECKPOINT_FORMAT, WriteError, atomic_save, atomic_write_text, load_checkpoint,
+                                  save_classifier)
 from datafree.cli import check_resume_config, resume_hint
 from datafree.errors import CheckpointError
 from datafree.numerics import peak_memory_mb
@@ -134,6 +135,7 @@ class RunLifecycle:
         self.best_acc1 = 0.0
         self.best_fidelity: dict[str, float] = {}
         self.saved_at = "no state yet"
+        self.opened_mode = ""
         self.logger = MetricsLogger(None)
 
     @property
@@ -154,6 +156,7 @@ class RunLifecycle:
             if mode == "resume":
                 self.checkpoint = self.read_last()
             self.directory.open(mode)
+            self.opened_mode = mode
             if mode != "resume":
                 self.directory.write_config(config)
             if mode == "restart":
@@ -180,7 +183,15 @@ class RunLifecycle:
         self.states, self.model = states, model
         if self.checkpoint is None:
             self.position = dict(start)
-            self.save_last()
+            try:
+                self.save_last()
+            except WriteError as error:   # e.g. a full disk: leave no half-made run behind
+                if self.is_main and self.opened_mode in ("new", "overwrite"):
+                    self.directory.abandon()
+                    raise WriteError(f"{error.message_without_advice()}; nothing of this run was kept: free space "
+                                     f"or fix the permissions of {self.run_dir.parent}, then run the same command "
+                                     "again") from None
+                raise
         else:
             self.restore(self.checkpoint)
             self.checkpoint = None

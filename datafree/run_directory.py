@@ -129,6 +129,7 @@ class RunDirectory:
     # ------------------------------------------------------------------ writing (after validation)
     def open(self, mode: str) -> None:
         """Prepare the directory for a validated ``mode`` (see :meth:`validate`)."""
+        self.created = not self.path.exists()
         marker = self.marker() if self.path.is_dir() else None
         if marker is not None:
             self._remove_temporaries(marker["files"])
@@ -144,6 +145,21 @@ class RunDirectory:
                                     "another --save_dir") from None
         if mode in ("new", "overwrite"):
             self._write_marker(list(RUN_FILES))
+
+    def abandon(self) -> None:
+        """Undo a run that could not write its first checkpoint: delete the files this program wrote
+        here (those its marker lists, and the marker) and the directory if this run created it and it
+        is empty now. Used only before the run has any state, so nothing of value is lost."""
+        marker = self.marker() if self.path.is_dir() else None
+        for name in [*(marker["files"] if marker else []), MARKER]:
+            if "/" not in name:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / name).unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    temporary_path(self.path / name).unlink()
+        if getattr(self, "created", False):
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     def _remove_temporaries(self, names: Iterable[str]) -> None:
         """Delete ``.<name>.tmp`` left by an interrupted atomic write, for names this program writes."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,10 @@ CASES = [
     ("nayer embeddings pickled", KD, [*NAYER, "--label_embeddings", "{nayer_pickled}"],
      "cannot be read as a tensor saved by torch.save"),
     ("nayer embeddings missing", KD, [*NAYER, "--label_embeddings", "{missing}"], "does not exist"),
+    ("nayer embeddings legacy pickle", KD, [*NAYER, "--label_embeddings", "{nayer_legacy}"],
+     "(it holds Python objects, not only tensors; read with weights_only=True"),
+    ("nayer generator too large", KD, [*NAYER, "--le_hidden", "1000000000000"],
+     "out of memory while building the student and the nayer synthesizer"),
     ("nayer batch not divisible", KD, [*NAYER, "--synthesis_batch_size", "15"],
      "--synthesis_batch_size (15) must be a multiple of the class count (10)"),
     ("adadfkd zero tau", KD, ["--method", "adadfkd", "--tau", "0"], "--tau must be positive, got 0.0"),
@@ -141,6 +146,10 @@ def files(tmp_path_factory, cifar10_root, teacher_checkpoint) -> dict[str, Path]
                           ("nayer_pickled", {"embeddings": Payload(work / "sentinel")})):
         paths[name] = work / f"{name}.pt"
         torch.save(content, paths[name])
+    paths["nayer_legacy"] = work / "nayer_legacy.pt"   # a plain pickle (protocol 4), as torch.save never writes
+    with open(paths["nayer_legacy"], "wb") as handle:
+        import pickle
+        pickle.dump(np.zeros((10, 4), np.float32), handle, protocol=4)
     paths["partial"] = work / "partial"
     (paths["partial"] / "cifar-10-batches-py").mkdir(parents=True)
     paths["empty"] = write_cifar(work / "empty", "cifar10", n_train=10, n_test=0)
@@ -227,7 +236,8 @@ def test_bad_input_is_one_line_and_exit_code_2_and_leaves_nothing(name, program,
 
 
 SUBPROCESS_CASES = ["nan lr", "abbreviated flag", "teacher with a payload", "scratch pretrained dir",
-                    "throughput unknown flag", "report missing run"]
+                    "throughput unknown flag", "report missing run", "nayer embeddings legacy pickle",
+                    "nayer generator too large"]
 
 
 def test_the_real_clis_answer_the_same(files, tmp_path, cifar10_root, teacher_checkpoint):
