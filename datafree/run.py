@@ -34,6 +34,7 @@ from datafree.checkpoints import (CHECKPOINT_FORMAT, WriteError, atomic_save, at
                                   save_classifier)
 from datafree.cli import check_resume_config, resume_hint
 from datafree.errors import CheckpointError
+from datafree.metrics_log import readable_records
 from datafree.numerics import peak_memory_mb
 from datafree.run_directory import MetricsLogger, RunDirectory
 from datafree.seeding import capture_rng_state, restore_rng_state
@@ -319,8 +320,7 @@ class RunLifecycle:
         self.logger.close()
         if not self.is_main:
             return {"stopped": False, "run_dir": str(self.run_dir)}
-        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
+        records = readable_records(self.run_dir / "metrics.jsonl")
         evaluated = [record for record in records if "acc1" in record]
         accuracies = [record["acc1"] for record in evaluated]
         memories = [record["peak_memory_mb"] for record in records if "peak_memory_mb" in record]

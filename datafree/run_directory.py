@@ -29,6 +29,7 @@ import yaml
 
 from datafree.checkpoints import atomic_write_text, temporary_path
 from datafree.errors import UsageError
+from datafree.metrics_log import read_metrics_lines
 
 #: The marker file of a run directory.
 MARKER = ".datafree-run"
@@ -211,7 +212,9 @@ class MetricsLogger:
         run_dir = directory.path
         self.path = run_dir / "metrics.jsonl"
         if start_epoch > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if self._epoch_of(line) < start_epoch]
+            # an unreadable line (a write cut by a crash) counts as never logged
+            kept = [line.text for line in read_metrics_lines(self.path)
+                    if line.epoch is not None and line.epoch < start_epoch]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
@@ -224,14 +227,6 @@ class MetricsLogger:
             print(f"note: TensorBoard logging disabled ({type(error).__name__}: {error})")
         for event_file in sorted(set(run_dir.glob(EVENT_PATTERN)) - before):
             directory.claim(event_file.name)
-
-    @staticmethod
-    def _epoch_of(line: str) -> float:
-        """The epoch of a logged line; an unreadable line (a write cut by a crash) counts as never logged."""
-        try:
-            return json.loads(line)["epoch"]
-        except (ValueError, KeyError, TypeError):
-            return float("inf")
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one epoch's record; numeric values also go to TensorBoard under their key."""

@@ -125,6 +125,10 @@ CASES = [
     ("throughput row flag", "throughput", ["--student", "resnet18"], "--student is set for each row"),
     ("throughput unknown flag", "throughput", ["--bogus", "1"], "unrecognized arguments: --bogus"),
     ("report missing run", "report", ["{nowhere}"], "no such run directory"),
+    ("report tail_drop not a number", "report", ["{nowhere}", "--tail_drop", "abc"],
+     "--tail_drop must be a non-negative integer, got 'abc'"),
+    ("report negative burn_in", "report", ["{nowhere}", "--burn_in", "-3"],
+     "--burn_in must be a non-negative integer, got '-3'"),
 ]
 
 

@@ -17,12 +17,14 @@ import yaml
 
 from datafree.report import (
     NOT_AVAILABLE_SHORT_RUN,
+    CellKey,
     ReportError,
     load_run,
     main,
     render_results_markdown,
     stats,
     summarize_across_seeds,
+    write_report,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -152,9 +154,8 @@ def test_load_run_distillation(tmp_path):
     directory = write_run(tmp_path / "run", distillation_config("cudfkd", seed=3), SHORT_CURVE,
                           extra={"peak_memory_mb": memory, "agreement1": agreement})
     run = load_run(directory)
-    assert (run.method, run.dataset, run.teacher, run.student, run.seed) == (
-        "cudfkd", "cifar10", "resnet34", "resnet18", 3)
-    assert run.pair == "resnet34→resnet18"
+    assert run.key == CellKey("cudfkd", "", None, "cifar10", "resnet34", "resnet18") and run.seed == 3
+    assert run.key.pair == "resnet34→resnet18"
     assert run.accuracies == tuple(SHORT_CURVE)
     assert run.peak_memory_mb == 2048.0
     assert run.wall_seconds == 84 * 36.0
@@ -166,7 +167,7 @@ def test_load_run_distillation(tmp_path):
 def test_load_run_scratch_partial_no_memory(tmp_path):
     config = {"model": "wrn16_1", "dataset": "cifar100", "seed": 1, "epochs": 200}
     run = load_run(write_run(tmp_path / "scratch", config, [10.0, 20.0, 30.0], epoch_seconds=1.5))
-    assert (run.method, run.teacher, run.student) == ("scratch", "-", "wrn16_1")
+    assert (run.key.method, run.key.teacher, run.key.student) == ("scratch", "-", "wrn16_1")
     assert run.is_partial and run.progress == "3/200"
     assert run.peak_memory_mb is None
     assert run.wall_seconds == 4.5
@@ -363,11 +364,42 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     assert error_output.startswith("error: ") and "no metrics.jsonl" in error_output
     assert error_output.count("\n") == 1 and "Traceback" not in error_output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--tail_drop", "abc"], "error: --tail_drop must be a non-negative integer, got 'abc'"),
+    (["RUN", "--tail_drop", "abc"], "error: --tail_drop must be a non-negative integer, got 'abc'"),
+    (["RUN", "--tail_drop", "-1"], "error: --tail_drop must be a non-negative integer, got '-1'"),
+    (["RUN", "--burn_in", "-3"], "error: --burn_in must be a non-negative integer, got '-3'"),
+    (["RUN", "--burn_in", "2.5"], "error: --burn_in must be a non-negative integer, got '2.5'"),
+    (["RUN", "--burn_in", ""], "error: --burn_in must be a non-negative integer, got ''"),
+    (["RUN", "--burn"], "error: unrecognized arguments: --burn"),
+    ([], "error: the following arguments are required: RUN_DIR"),
+])
+def test_cli_bad_arguments_one_line_exit_2_nothing_created(tmp_path, capsys, monkeypatch, arguments, expected):
+    """A bad flag is one line naming the flag (not an internal function), exit 2, no output directory."""
+    run = write_run(tmp_path / "run", distillation_config("dafl"), [1.0, 2.0])
+    monkeypatch.chdir(tmp_path)
+    argv = [str(run) if argument == "RUN" else argument for argument in arguments] + ["--out", "out"]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(broken), "--burn_in", "-3"])
+        main(argv)
     assert exit_info.value.code == 2
-    error_output = capsys.readouterr().err
-    assert error_output.count("\n") == 1 and "--burn_in: must be >= 0, got -3" in error_output
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith(expected), captured.err
+    assert "_non_negative_int" not in captured.err and "Traceback" not in captured.err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_cli_bad_argument_from_the_command_line(tmp_path):
+    """``python -m datafree.report --tail_drop abc``: the package's __main__, one line, exit 2."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "datafree.report", "--tail_drop", "abc"], cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)},
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == "error: --tail_drop must be a non-negative integer, got 'abc'\n"
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_missing_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
@@ -378,6 +410,58 @@ def test_missing_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
     assert "note: matplotlib is not installed; accuracy.png skipped" in capsys.readouterr().out
     assert not (tmp_path / "out" / "accuracy.png").exists()
     assert (tmp_path / "out" / "results.md").exists()
+
+
+def write_warm_up_run(directory: Path, method: str, warmup: int, accuracies: list[float]) -> Path:
+    """A FastDFKD / NAYER run directory as datafree_kd.py writes it with ``--warmup N``: config.yaml
+    records ``warmup``, and the first N metrics records are synthesis-only epochs, which
+    ``RunLifecycle.end_epoch`` logs without any evaluation key (no acc1 / best_acc1) but with
+    ``"warmup": true``."""
+    config = {**distillation_config(method, teacher="wrn40_2", student="wrn16_1",
+                                    epochs=warmup + len(accuracies)), "warmup": warmup}
+    write_run(directory, config, accuracies)
+    warm_up = [{"epoch": epoch, "lr": 0.1, "loss_generator": 1.5, "epoch_seconds": 10.0,
+                "images_per_second": 100.0, "synthesis_seconds": 9.0, "warmup": True} for epoch in range(warmup)]
+    evaluated = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    records = warm_up + [{**record, "epoch": record["epoch"] + warmup} for record in evaluated]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    return directory
+
+
+def test_write_report_with_warm_up_epochs_plots_evaluated_epochs(tmp_path):
+    """The whole report on runs with warm-up epochs: the PNG is written (it used to fail with
+    "x and y must have same first dimension"), each accuracy at its true epoch number."""
+    fast = load_run(write_warm_up_run(tmp_path / "fast", "fast", warmup=20, accuracies=[50.0, 60.0, 65.0]))
+    nayer = load_run(write_warm_up_run(tmp_path / "nayer", "nayer", warmup=3, accuracies=[40.0, 45.0]))
+    assert (fast.warmup_epochs, fast.epochs_done, fast.accuracy_epochs) == (20, 23, (20, 21, 22))
+    assert nayer.accuracy_epochs == (3, 4) and not nayer.is_partial
+    markdown, written = write_report([fast, nayer], tmp_path / "out", burn_in=1, tail_drop=0)
+    assert [path.name for path in written] == ["results.md", "accuracy.csv", "stability.csv", "accuracy.png"]
+    png = (tmp_path / "out" / "accuracy.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+    assert "| fast | cifar10 | wrn40_2→wrn16_1 | - | 1 | 62.50 | 6.25 | 65.00 |" in markdown   # burn-in: KD epochs
+
+
+def test_plot_draws_accuracies_at_their_epochs(tmp_path, monkeypatch):
+    """The x values of a warm-up run's curve are its evaluated epochs, not 0..n-1."""
+    from matplotlib.axes import Axes
+
+    drawn = []
+    original = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, **kwargs: drawn.append((list(x), list(y)))
+                        or original(self, x, y, **kwargs))
+    run = load_run(write_warm_up_run(tmp_path / "fast", "fast", warmup=2, accuracies=[50.0, 60.0]))
+    write_report([run], tmp_path / "out", burn_in=0, tail_drop=0)
+    assert drawn == [([2, 3], [50.0, 60.0])]
+
+
+def test_metrics_log_is_below_the_report_and_the_run_lifecycle():
+    """The one metrics.jsonl reader imports neither of its users (so both can import it)."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, datafree.metrics_log; "
+            "print(sorted(m for m in sys.modules if m.startswith('datafree.report') or m == 'datafree.run'))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_import_does_not_load_matplotlib():

@@ -13,6 +13,7 @@ import torch
 
 from datafree import checkpoints, evaluation, seeding
 from datafree.errors import CheckpointError, NonFiniteLossError
+from datafree.metrics_log import read_metrics_lines, readable_records
 from datafree.run import EpochMeter
 from datafree.run_directory import MARKER, MetricsLogger, RunDirectory, RunDirectoryError
 from datafree.stopping import LossWatch
@@ -170,6 +171,18 @@ def test_metrics_logger_drops_epochs_that_will_be_rerun_and_claims_its_event_fil
     events = sorted(p.name for p in directory.path.glob("events.out.tfevents.*"))
     listed = json.loads((directory.path / MARKER).read_text())["files"]
     assert len(events) == 2 and set(events) <= set(listed)
+
+
+def test_metrics_log_numbers_lines_and_reports_a_cut_line(tmp_path):
+    """The one reader of metrics.jsonl: editor line numbers, blank lines skipped, a line cut by a
+    crash kept as a problem (the report refuses it), left out of the readable records (summary)."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0, "acc1": 1.0}\n\n[1]\n{"epoch": 1, "acc')
+    lines = read_metrics_lines(path)
+    assert [(line.number, line.epoch) for line in lines] == [(1, 0), (3, None), (4, None)]
+    assert lines[1].problem == "expected a JSON object, got list"
+    assert lines[2].record is None and lines[2].problem.startswith("malformed JSON (")
+    assert readable_records(path) == [{"epoch": 0, "acc1": 1.0}]
 
 
 def test_epoch_meter_weighted_means_survive_a_stop():
