@@ -188,6 +188,11 @@ def published(method: str, variant: str, dataset: str, teacher: str, student: st
     return PUBLISHED.get((method, variant, dataset, teacher, student))
 
 
+def other_rows(dataset: str, teacher: str, student: str) -> list[tuple[str, float]]:
+    """The other rows a paper's table gives for this pair (MNIST: DAFL Table 1, §20.1), else []."""
+    return list(DAFL_TABLE_ROWS.get((teacher, student), [])) if dataset == "mnist" else []
+
+
 def scratch_accuracy(model: str, dataset: str) -> float | None:
     """Reported top-1 of ``model`` trained with data on ``dataset`` (§2.2; MNIST §20.1), or None."""
     if dataset == "mnist":

@@ -23,7 +23,7 @@ from datafree.data import DATASETS, DatasetError, download, load_split
 from datafree.errors import UsageError
 from datafree.models import ReferenceGenerator
 from datafree.synthesis.dafl import MNIST_ROW
-from mnist_fixtures import BREAKAGES, FILES, break_mnist, digit_arrays, write_mnist
+from mnist_fixtures import BREAKAGES, break_mnist, digit_arrays, write_mnist
 
 LAYOUT = "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
 
@@ -257,3 +257,27 @@ def test_dafl_mnist_row_resumes_to_the_uninterrupted_result(tmp_path, mnist_root
     expected = torch.load(full / "last.pth", weights_only=True)["state_dict"]
     resumed = torch.load(pieces / "last.pth", weights_only=True)["state_dict"]
     assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_the_report_prints_dafl_tables_other_rows_beside_a_measured_mnist_cell(tmp_path):
+    from datafree.published import other_rows, published, scratch_accuracy
+    from datafree.report import load_run, write_report
+
+    rows = dict(other_rows("mnist", "lenet5", "lenet5_half"))
+    assert rows["USPS as alternative data"] == 94.56 and rows["KD on data"] == 98.91 and rows["DAFL"] == 98.20
+    assert other_rows("cifar10", "lenet5", "lenet5_half") == []
+    assert published("dafl", "", "mnist", "lenet5", "lenet5_half").kind == "reproduction"
+    assert published("dafl", "", "mnist", "hintonnet", "hintonnet_half").kind == "config not published"
+    assert scratch_accuracy("hintonnet_half", "mnist") == 98.11
+
+    run = tmp_path / "dafl_run"
+    run.mkdir()
+    config = {"method": "dafl", "dataset": "mnist", "teacher": "lenet5", "student": "lenet5_half", "seed": 0,
+              "epochs": 2, "warmup": 0, "precision": "fp32", "log_tag": ""}
+    (run / "config.yaml").write_text("\n".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
+                                               for k, v in config.items()) + "\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 0, "acc1": 60.0, "best_acc1": 60.0}\n'
+                                       '{"epoch": 1, "acc1": 90.0, "best_acc1": 90.0}\n')
+    text, _ = write_report([load_run(run)], tmp_path / "report", 0, 0)
+    assert "98.20 (reproduction)" in text
+    assert "The paper's other rows for mnist lenet5→lenet5_half: teacher 98.91; backprop on data 98.65" in text

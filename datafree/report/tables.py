@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
+from datafree.published import other_rows
 from datafree.report.keys import dataset_sort_key, pair_sort_key
 from datafree.report.loading import FIDELITY_KEYS, Run, run_sort_key
 from datafree.report.statistics import Cell, build_cells, run_quantities
@@ -286,7 +287,14 @@ def render_comparison_markdown(cells: Sequence[Cell]) -> list[str]:
              "best − published uses the expectation where the launcher's variant has its own (different "
              "expectation). Only a reproduction is expected to match; a re-run's number came from other code "
              "(METHODS.md §4.7, §5.10).", ""]
-    return lines + markdown_table(comparison_markdown_columns(), compared) + [""]
+    lines += markdown_table(comparison_markdown_columns(), compared) + [""]
+    pairs = sorted({(cell.key.dataset, cell.key.teacher, cell.key.student) for cell in cells})
+    for dataset, teacher, student in pairs:
+        rows = other_rows(dataset, teacher, student)
+        if rows:
+            lines += [f"The paper's other rows for {dataset} {teacher}→{student}: "
+                      + "; ".join(f"{row} {value:.2f}" for row, value in rows) + ".", ""]
+    return lines
 
 
 def render_results_markdown(runs: Sequence[Run], burn_in: int, tail_drop: int) -> str:
