@@ -45,13 +45,11 @@ def teacher_checkpoint(tmp_path_factory, cifar10_root) -> Path:
     return path
 
 
-#: Per-method flags that keep the registry-parametrised suites tiny (warm-up off, small loops, queues
-#: and synthesis batches); used by distill_args and the builders of test_hot_loop / test_precision.
-TINY_METHOD_FLAGS: dict[str, list[str]] = {
-    "fast": ["--warmup", "0", "--synthesis_batch_size", "8"],
-    "nayer": ["--warmup", "0", "--synthesis_batch_size", "10", "--g_loops", "1", "--gwp_loops", "1", "--le_hidden", "64"],
-    "adadfkd": ["--queue_size", "24"],
-}
+def tiny_method_flags(method: str) -> list[str]:
+    """The method's own flags that keep the registry-parametrised suites tiny (its ``TEST_PRESET``)."""
+    import registry
+
+    return list(registry.get_method(method).TEST_PRESET.tiny_flags)
 
 
 def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -59,7 +57,7 @@ def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *e
     return ["--method", method, "--dataset", "cifar10", "--teacher", "wrn16_1", "--student", "wrn16_1",
             "--teacher_ckpt", str(teacher), "--data_root", str(data_root), "--save_dir", str(save_dir),
             "--device", "cpu", "--no_progress", "--batch_size", "16", "--epochs", "1",
-            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *TINY_METHOD_FLAGS.get(method, []),
+            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *tiny_method_flags(method),
             *extra]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import datafree_kd
-from conftest import TINY_METHOD_FLAGS
+from conftest import tiny_method_flags
 import registry
 from datafree import numerics
 
@@ -110,7 +110,7 @@ def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
         "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path),
         "--device", "cpu", "--precision", "fp16", "--batch_size", "8", "--g_steps", "2", "--ngf", "8",
-        "--bank_size", "64", "--n_neg", "16", *TINY_METHOD_FLAGS.get(method, []),
+        *tiny_method_flags(method),
         *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)
     device = torch.device("cpu")
@@ -137,8 +137,9 @@ def test_fp16_synthesis_steps_go_through_a_loss_scaler(method, tmp_path, cifar10
     monkeypatch.setattr(scaler, "scale", lambda loss: original_scale(loss) * float("inf"))
     synthesizer.synthesize()                      # every gradient overflows: every step is skipped
     backed_off = scaler.get_scale()
-    assert backed_off <= scale / 4 if method in ("adi", "cmi", "dafl", "zskt", "dfq", "cudfkd") else backed_off < scale
-    assert (len(before) > 0) == (method != "adi") and all(torch.equal(b, a) for b, a in zip(before, trained))
+    preset = registry.get_method(method).TEST_PRESET
+    assert backed_off <= scale / 2 ** preset.fp16_backoffs
+    assert (len(before) > 0) == preset.persistent_synthesis and all(torch.equal(b, a) for b, a in zip(before, trained))
     assert synthesizer.state_dict()["scaler"]["scale"] == backed_off   # resumed with the same scale
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from datafree.augment import jitter_flip
 from datafree.criterions import js_divergence_ref, total_variation
 from datafree.errors import UsageError
-from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: Largest jitter shift as a fraction of the image side (§4.4: ±4 px at 32 px).
@@ -40,6 +40,8 @@ class ADISynthesizer(PooledSynthesizer):
     """Adaptive DeepInversion (§4.4): per-batch pixel optimisation, best batch to the pool."""
 
     #: §4.7 ADI row.
+    TEST_PRESET = TestPreset(learning_flags=("--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps",
+                                             "50"), persistent_synthesis=False)
     DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 1000,
                 "lr": 0.1, "lr_g": 0.1, "beta1": 0.5, "beta2": 0.99, "T": 20.0,
                 "adv": 1.0, "bn": 10.0, "oh": 1.0, "tv": 0.001, "l2": 0.0, "js_T": 3.0,

@@ -79,6 +79,28 @@ class SynthesisSetup:
     pool_flip: bool = True
 
 
+@dataclass(frozen=True)
+class TestPreset:
+    """How the registry-parametrised test suites run a method (tests/; docs/ARCHITECTURE.md, "Adding a
+    method"), declared on its class so that a new method needs no entry in any test file.
+
+    ``tiny_flags`` are added to the suites' tiny configuration (one short epoch on a fixture);
+    ``learning_flags`` and ``learning_bar`` are the CPU learning check (tests/test_learning.py: the
+    best top-1 % a tiny student must reach without training data); ``fp16_backoffs`` is how many
+    loss-scaler steps one tiny ``synthesize()`` (``--g_steps 2``) takes, hence how often an
+    overflowing scale must back off; ``persistent_synthesis`` says whether ``synthesize()`` trains
+    parameters that persist from one call to the next (``persistent_parameters()`` is not empty).
+    """
+
+    __test__ = False   # not a pytest test class, despite its name
+
+    tiny_flags: tuple[str, ...] = ()
+    learning_flags: tuple[str, ...] = ("--epochs", "4", "--ep_steps", "60", "--kd_steps", "5", "--ngf", "16")
+    learning_bar: float = 50.0
+    fp16_backoffs: int = 2
+    persistent_synthesis: bool = True
+
+
 class Synthesizer:
     """Base class: the setup, the options all methods share, the KD criterion, the RNG streams.
 
@@ -102,6 +124,8 @@ class Synthesizer:
     #: Why the method cannot run at all on a teacher without BatchNorm layers (e.g. CMI's instance
     #: features are the inputs of the teacher's BN layers, §4.5), or "" when it can (§20).
     requires_batchnorm: ClassVar[str] = ""
+    #: How the test suites run this method (see :class:`TestPreset`).
+    TEST_PRESET: ClassVar[TestPreset] = TestPreset()
     #: True when ``student_loss`` needs the penultimate features of student and teacher (§12.9);
     #: the KD step then runs both networks with ``return_features=True``.
     needs_features: ClassVar[bool] = False

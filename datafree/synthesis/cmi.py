@@ -44,7 +44,7 @@ from datafree.errors import UsageError
 from datafree.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.pool import MemoryBank
-from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: Area range of the local view's random resized crop (§4.5).
@@ -69,6 +69,9 @@ class CMISynthesizer(PooledSynthesizer):
     requires_batchnorm = "its contrastive prior's instance features are the inputs of the teacher's BN layers (§4.5)"
 
     #: §4.7 CMI row.
+    TEST_PRESET = TestPreset(tiny_flags=("--bank_size", "64", "--n_neg", "16"),
+                             learning_flags=("--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps",
+                                             "30", "--ngf", "16", "--bank_size", "512", "--n_neg", "64"))
     DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
                 "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
                 "adv": 0.5, "bn": 1.0, "oh": 1.0, "cr": 0.8, "cr_T": 0.2, "nz": 256, "ngf": 64,

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from datafree.criterions import adversarial_kl_masked
 from datafree.errors import UsageError
 from datafree.models import GeneratorS
-from datafree.synthesis.base import SynthesisSetup
+from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
 
 #: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
@@ -70,6 +70,10 @@ class FastSynthesizer(PooledSynthesizer):
     #: §10.11 defaults (wrn40_2 row, both datasets, §10.8). ``g_steps``, ``lr_g`` and ``lr_z`` come from
     #: ``--fast_variant`` (default fast10) unless given; ``reset_l0_epoch`` defaults to warmup + 119.
     #: ``synthesis_batch_size`` is left to the driver, which ties it to the batch: Bs = B = 256 (§10.8).
+    #: docs/METHODS.md §10.12
+    TEST_PRESET = TestPreset(tiny_flags=("--warmup", "0", "--synthesis_batch_size", "8"),
+                             learning_flags=("--epochs", "5", "--warmup", "1", "--ep_steps", "30", "--kd_steps", "10",
+                                             "--g_steps", "5", "--ngf", "16"), fp16_backoffs=1)
     DEFAULTS = {"batch_size": 256, "epochs": 220, "warmup": 20, "ep_steps": 400,
                 "kd_steps": 400, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
                 "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64,

@@ -7,8 +7,14 @@ The paper's attention-transfer term is not part of the benchmark variant.
 from datafree.synthesis.generative import GENERATIVE_DEFAULTS, GenerativeSynthesizer
 
 
+from datafree.synthesis.base import TestPreset
+
+
 class ZSKTSynthesizer(GenerativeSynthesizer):
     """ZSKT: the shared generative synthesizer with only the adversarial term (§4.7 row ZSKT)."""
 
+    #: ZSKT's generator has no prior besides disagreement: the weakest learner (20-50 % over seeds).
+    TEST_PRESET = TestPreset(learning_flags=("--epochs", "6", "--ep_steps", "60", "--kd_steps", "5", "--ngf", "16"),
+                             learning_bar=30.0)
     DEFAULTS = {**GENERATIVE_DEFAULTS, "nz": 256, "kd_steps": 5,
                 "adv": 1.0, "oh": 0.0, "act": 0.0, "balance": 0.0, "bn": 0.0}
