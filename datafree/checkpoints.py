@@ -42,19 +42,23 @@ def temporary_path(path: Path) -> Path:
 
 
 class WriteError(UsageError):
-    """A file could not be written (full disk, permissions, read-only file system); one line."""
+    """A file could not be written (full disk, permissions, read-only file system); one line.
 
-    def message_without_advice(self) -> str:
-        """The message up to its advice (``cannot write PATH (REASON)``)."""
-        return str(self).split("; free space or fix", 1)[0]
+    ``problem`` (``cannot write PATH (REASON)...``) is kept apart from the advice, so a caller that
+    knows better what to do (e.g. a run that removed itself) can give its own advice.
+    """
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
 
 
 def write_error(path: Path, error: OSError, kept: bool) -> WriteError:
     """A one-line :class:`WriteError` naming the path, the reason and what to do."""
     reason = error.strerror or type(error).__name__
     previous = f"; the previous {path.name} is kept" if kept else ""
-    return WriteError(f"cannot write {path} ({reason}){previous}; free space or fix the permissions of "
-                      f"{path.parent}, then run the same command with --resume")
+    return WriteError(f"cannot write {path} ({reason}){previous}",
+                      f"free space or fix the permissions of {path.parent}, then run the same command with --resume")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -189,9 +189,8 @@ class RunLifecycle:
             except WriteError as error:   # e.g. a full disk: leave no half-made run behind
                 if self.is_main and self.opened_mode in ("new", "overwrite"):
                     self.directory.abandon()
-                    raise WriteError(f"{error.message_without_advice()}; nothing of this run was kept: free space "
-                                     f"or fix the permissions of {self.run_dir.parent}, then run the same command "
-                                     "again") from None
+                    raise WriteError(error.problem, "nothing of this run was kept: free space or fix the permissions "
+                                                    f"of {self.run_dir.parent}, then run the same command again") from None
                 raise
         else:
             self.restore(self.checkpoint)

@@ -51,6 +51,7 @@ class RunDirectory:
     def __init__(self, path: str | Path, kind: str) -> None:
         self.path = Path(path)
         self.kind = kind
+        self.created = False   # set by open(): whether this run created the directory (abandon() removes it)
 
     # ------------------------------------------------------------------ reading (no side effects)
     def marker(self) -> dict[str, Any] | None:
@@ -158,7 +159,7 @@ class RunDirectory:
                     (self.path / name).unlink()
                 with contextlib.suppress(FileNotFoundError):
                     temporary_path(self.path / name).unlink()
-        if getattr(self, "created", False):
+        if self.created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()
 

@@ -127,6 +127,15 @@ CSV_PROGRESS: tuple[Column[Cell], ...] = (
 )
 
 
+#: The leading columns of the stability and comparison tables of ``results.md``: which cell a row is.
+MARKDOWN_IDENTITY: tuple[Column[Cell], ...] = (
+    Column("method", lambda cell: cell.key.label),
+    Column("dataset", lambda cell: cell.key.dataset),
+    Column("pair", lambda cell: cell.key.pair),
+    Column("precision", lambda cell: cell.key.precision or "-"),
+)
+
+
 def _constant(header: str, value: str) -> Column[Any]:
     """A column with the same entry in every row (the averaging window of stability.csv)."""
     return Column(header, lambda _row: value)
@@ -147,10 +156,7 @@ def stability_csv_columns(burn_in: int, tail_drop: int) -> list[Column[Cell]]:
 def stability_markdown_columns() -> list[Column[Cell]]:
     """The stability table of ``results.md``: the cell, each stability quantity, epochs per run."""
     return [
-        Column("method", lambda cell: cell.key.label),
-        Column("dataset", lambda cell: cell.key.dataset),
-        Column("pair", lambda cell: cell.key.pair),
-        Column("precision", lambda cell: cell.key.precision or "-"),
+        *MARKDOWN_IDENTITY,
         Column("n", lambda cell: str(len(cell.runs))),
         *(quantity.markdown_column() for quantity in STABILITY_QUANTITIES),
         Column("epochs", lambda cell: ", ".join(run.progress for run in cell.runs)
@@ -161,10 +167,7 @@ def stability_markdown_columns() -> list[Column[Cell]]:
 def comparison_markdown_columns() -> list[Column[Cell]]:
     """The comparison table: each cell that has a published number, best and the difference."""
     return [
-        Column("method", lambda cell: cell.key.label),
-        Column("dataset", lambda cell: cell.key.dataset),
-        Column("pair", lambda cell: cell.key.pair),
-        Column("precision", lambda cell: cell.key.precision or "-"),
+        *MARKDOWN_IDENTITY,
         Column("best", lambda cell: _format_value(cell.summary["best"])),
         Column("published (kind)", lambda cell: cell.published.describe()),
         Column("best − published", lambda cell: f"{cell.summary['best'][0] - cell.published.compare_with:+.2f}"),

@@ -53,7 +53,7 @@ class GenerativeSynthesizer(Synthesizer):
         self.balance = float(options["balance"])
         self.act = float(options["act"])
         self.sample_mode = options["gen_sample_mode"]
-        self.normalized_output = options.get("gen_output", "sigmoid") == "normalized"
+        self.normalized_output = options["gen_output"] == "normalized"
         # Images of a normalised-output generator are already in model space (§20.1).
         self.to_model_space: nn.Module = nn.Identity() if self.normalized_output else self.normalizer
         self.image_generator = self.build_generator(options).to(setup.device)
@@ -79,10 +79,10 @@ class GenerativeSynthesizer(Synthesizer):
     def check_options(cls, options: Mapping[str, Any]) -> None:
         if int(options["g_steps"]) < 1:
             raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
-        if options.get("generator", "G-L") == "G-L" and options.get("gen_output", "sigmoid") != "sigmoid":
+        if options["generator"] == "G-L" and options["gen_output"] != "sigmoid":
             raise UsageError("--gen_output normalized needs --generator G-D (G-L ends in a sigmoid)")
-        if not float(options.get("gen_bn_eps", 1e-5)) > 0:
-            raise UsageError(f"--gen_bn_eps must be positive, got {options.get('gen_bn_eps')}")
+        if not float(options["gen_bn_eps"]) > 0:
+            raise UsageError(f"--gen_bn_eps must be positive, got {options['gen_bn_eps']}")
         if options["gen_sample_mode"] == "last" and (
                 int(options["kd_steps"]) != 1 or options["synthesis_batch_size"] != options["batch_size"]):
             raise UsageError("--gen_sample_mode last distils on the generator's batch: it needs --kd_steps 1 and "
@@ -97,7 +97,7 @@ class GenerativeSynthesizer(Synthesizer):
 
     def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
         """G-L (§1.7) or G-D (§20.1) with the method's latent size, PyTorch default init."""
-        if options.get("generator", "G-L") == "G-D":
+        if options["generator"] == "G-D":
             return ReferenceGenerator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size,
                                       out_channels=self.setup.channels, bn_eps=float(options["gen_bn_eps"]),
                                       output=options["gen_output"])
