@@ -33,6 +33,16 @@ import train_scratch  # noqa: E402
 from cifar_fixtures import write_cifar  # noqa: E402
 from conftest import distill_args  # noqa: E402
 
+#: Variants beyond the tiny configuration, on CIFAR-10: the code paths a tiny run skips (warm-up and the
+#: adversarial gate, Reptile, the first-layer reset, ADI's [REF] last iterate, NAYER's [REF] student mode).
+VARIANTS = {
+    "fast/warmup_reptile": ("fast", "--epochs", "3", "--warmup", "1", "--fast_meta", "reptile", "--reset_l0_epoch", "2"),
+    "fast/warmup": ("fast", "--epochs", "2", "--warmup", "1"),
+    "adi/keep_last": ("adi", "--adi_keep_last"),
+    "nayer/warmup_ref_mode": ("nayer", "--epochs", "2", "--warmup", "1", "--g_loops", "2", "--nayer_ref_student_mode"),
+    "cmi/no_adv": ("cmi", "--adv", "0"),
+}
+
 
 def quiet(function, *args):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -66,6 +76,11 @@ def main() -> None:
                 args[args.index("--dataset") + 1] = dataset
                 quiet(datafree_kd.main, args)
                 prints[f"{method}/{dataset}"] = weights_fingerprint(run / "last.pth")
+            if dataset == "cifar10":
+                for name, (method, *extra) in VARIANTS.items():
+                    run = work / name.replace("/", "_")
+                    quiet(datafree_kd.main, distill_args(method, root, teacher, run, *extra))
+                    prints[name] = weights_fingerprint(run / "last.pth")
     json.dump(prints, sys.stdout, indent=1, sort_keys=True)
     print()
 
