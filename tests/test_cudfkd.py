@@ -72,7 +72,7 @@ def test_adversarial_weight_follows_the_ramp_and_skips_the_student_when_zero(mon
     assert weights == [curriculum.adv_weight(e, 8, 0.0, 0.5, 0.25, 0.75) for e in range(8)]
     assert weights == [0, 0, 0, 0, 0.5, 1.0, 1.5, 2.0]
     calls = []
-    monkeypatch.setattr(synthesizer, "student_forward_eval",
+    monkeypatch.setattr(synthesizer, "student_forward",
                         lambda images: calls.append(1) or torch.zeros(images.shape[0], 10))
     synthesizer.begin_epoch(0)
     terms = synthesizer.synthesize()

@@ -116,7 +116,7 @@ def test_fomaml_meta_gradient_is_the_sum_of_the_inner_gradients():
         view = synthesizer.normalizer(random_crop_flip(images, padding=4, generator=synthesizer.augmentation_stream))
         teacher_logits = synthesizer.teacher(view)
         loss = (10.0 * synthesizer.bn_hook.loss + 0.4 * F.cross_entropy(teacher_logits, targets)
-                + 1.0 * adversarial_kl_masked(synthesizer.student_forward_eval(view), teacher_logits,
+                + 1.0 * adversarial_kl_masked(synthesizer.student_forward(view), teacher_logits,
                                               temperature=1.0, scale_by_temperature_squared=False))
         optimizer.zero_grad()
         loss.backward()
@@ -298,13 +298,13 @@ def test_reptile_meta_step_is_skipped_when_an_inner_gradient_overflows(monkeypat
     assert any(state["exp_avg"].abs().sum() > 0 for state in synthesizer.meta_optimizer.state.values())
     before = [p.detach().clone() for p in synthesizer.persistent_parameters()]
     scale = synthesizer.scaler.get_scale()
-    original_terms = synthesizer.synthesis_terms
+    original_prior = synthesizer.teacher_prior
 
-    def overflowing_terms(images, targets):   # every inner loss (and so every inner gradient) is infinite
-        terms = original_terms(images, targets)
-        return {name: (weight, value * float("inf")) for name, (weight, value) in terms.items()}
+    def overflowing_prior(*args, **kwargs):   # every inner loss (and so every inner gradient) is infinite
+        terms, logits = original_prior(*args, **kwargs)
+        return {name: (weight, value * float("inf")) for name, (weight, value) in terms.items()}, logits
 
-    monkeypatch.setattr(synthesizer, "synthesis_terms", overflowing_terms)
+    monkeypatch.setattr(synthesizer, "teacher_prior", overflowing_prior)
     synthesizer.synthesize()
     # The inner steps were skipped (θ'_k = θ, a zero Reptile difference), and so was the meta step: a zero
     # gradient would still have moved θ through the meta Adam's momentum.

@@ -69,7 +69,7 @@ def test_quickstart_generator_terms_mask_the_adversarial_kl_and_maximise_entropy
     student_logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])   # sample 1 agrees with the teacher, sample 2 does not
     monkeypatch.setattr(synthesizer, "teacher_forward", lambda images, return_features=False:
                         (teacher_logits, torch.zeros(2, 4)) if return_features else teacher_logits)
-    monkeypatch.setattr(synthesizer, "student_forward_eval", lambda images, *args, **kwargs: student_logits)
+    monkeypatch.setattr(synthesizer, "student_forward", lambda images, *args, **kwargs: student_logits)
     terms = synthesizer.generator_terms(torch.zeros(2, 3, 32, 32))
     weight, adversarial = terms["adv"]
     assert weight == 0.5

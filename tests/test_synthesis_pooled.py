@@ -198,15 +198,15 @@ def test_cmi_generator_is_reset_every_call_and_head_persists() -> None:
     reset_generator_init(expected, generator=stream)
 
     seen: dict[str, dict[str, torch.Tensor]] = {}
-    original_generate = synthesizer.generate
+    original_terms = synthesizer.synthesis_terms
 
-    def spy(latents: torch.Tensor) -> torch.Tensor:
+    def spy(images: torch.Tensor, targets: torch.Tensor):   # first called before the first step
         if not seen:
             seen["generator"] = parameter_copies(synthesizer.image_generator)
             seen["head"] = parameter_copies(synthesizer.head)
-        return original_generate(latents)
+        return original_terms(images, targets)
 
-    synthesizer.generate = spy
+    synthesizer.synthesis_terms = spy
     synthesizer.synthesize()
     for name, value in expected.named_parameters():
         torch.testing.assert_close(seen["generator"][name], value.detach(), rtol=0, atol=0)
@@ -242,13 +242,13 @@ def test_cmi_generator_gets_contrastive_gradient_only_from_the_local_view() -> N
 
     latents = synthesizer.randn(SYNTHESIS_BATCH_SIZE, 16).requires_grad_(True)
     targets = synthesizer.random_labels(SYNTHESIS_BATCH_SIZE)
-    terms, _ = synthesizer.synthesis_terms(synthesizer.generate(latents), targets)
+    terms, _ = synthesizer.synthesis_terms(synthesizer.forward_float(synthesizer.image_generator, latents), targets)
     terms["cr"][1].backward()
     assert latents.grad is not None and float(latents.grad.abs().sum()) > 0
 
     synthesizer.contrastive_term = spy
     latents.grad = None
-    terms, _ = synthesizer.synthesis_terms(synthesizer.generate(latents), targets)
+    terms, _ = synthesizer.synthesis_terms(synthesizer.forward_float(synthesizer.image_generator, latents), targets)
     terms["cr"][1].backward()
     assert latents.grad is None or float(latents.grad.abs().sum()) == 0
     assert calls and calls[0][1].requires_grad        # the global features were differentiable

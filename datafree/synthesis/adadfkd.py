@@ -179,7 +179,7 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         """One eval-mode student forward with features, whenever the adversarial term or R2M needs it:
         the student is queried while ``hard > 0`` even if the adversarial weight is 0 (§12.4)."""
         if self.adv > 0 or self.r2m_weight > 0:
-            return self.student_forward_eval(images, return_features=True)
+            return self.student_forward(images, return_features=True)
         return None, None
 
     def relationship_terms(self, teacher_features: torch.Tensor,

@@ -24,13 +24,12 @@ import argparse
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from datafree.augment import jitter_flip
 from datafree.criterions import js_divergence_ref, total_variation
 from datafree.errors import UsageError
 from datafree.synthesis.base import SynthesisSetup, TestPreset
-from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: Largest jitter shift as a fraction of the image side (§4.4: ±4 px at 32 px).
 JITTER_FRACTION = 8
@@ -72,19 +71,14 @@ class ADISynthesizer(PooledSynthesizer):
             raise UsageError(f"--js_T must be positive, got {options['js_T']}")
 
     # ------------------------------------------------------------------ synthesis
-    def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """Weighted terms of L for normalised ``pixels`` (one jitter + flip draw): name -> (weight, value)."""
+    def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> Terms:
+        """Weighted terms of L for normalised ``pixels`` (one jitter + flip draw): the teacher prior with
+        ADI's own adversarial term (−JS, §4.4), then the image priors TV and L2."""
         augmented = jitter_flip(pixels, max_shift=self.max_shift, flip_prob=self.flip_probability,
                                 generator=self.augmentation_stream)
-        teacher_logits = self.teacher_forward(augmented)
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.bn_hook is not None:
-            terms["bn"] = (self.bn, self.bn_hook.loss)
-        if self.oh:
-            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
+        terms, teacher_logits = self.teacher_prior(augmented, targets, adversarial=False)
         if self.adv:
-            student_logits = self.student_forward_eval(augmented)
-            terms["adv"] = (self.adv, -js_divergence_ref(student_logits, teacher_logits,
+            terms["adv"] = (self.adv, -js_divergence_ref(self.student_forward(augmented), teacher_logits,
                                                          temperature=self.js_temperature))
         if self.tv:
             terms["tv"] = (self.tv, total_variation(pixels))
@@ -93,27 +87,25 @@ class ADISynthesizer(PooledSynthesizer):
         return terms
 
     def synthesize(self) -> dict[str, torch.Tensor]:
-        """``g_steps`` Adam steps on fresh pixels; stores the best (or, with keep_last, final) batch."""
+        """``g_steps`` Adam steps on fresh pixels, each clipped to the image range (§1.8); stores the best
+        (or, with keep_last, the final) batch."""
         count, size = self.setup.synthesis_batch_size, self.setup.image_size
         pixels = self.randn(count, self.setup.channels, size, size).requires_grad_(True)
         targets = self.random_labels(count)
         optimizer = torch.optim.Adam([pixels], lr=self.synthesis_lr, betas=self.betas)
-        best_loss = torch.full((), float("inf"), device=self.device)
-        best_pixels = pixels.detach().clone()
-        logged: dict[str, torch.Tensor] = {}
-        for _ in range(self.g_steps):
-            terms = self.inversion_terms(pixels, targets)
-            loss = sum(weight * value for weight, value in terms.values())
-            if not self.keep_last:
-                best_loss, (best_pixels,) = keep_lower(loss, best_loss, (pixels,), (best_pixels,))
-            self.optimizer_step(loss, optimizer)
-            with torch.no_grad():
-                pixels.copy_(self.normalizer.clamp_normalized(pixels))
-            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
-            logged["loss_synthesis"] = loss.detach()
+
+        @torch.no_grad()
+        def clamp() -> None:
+            pixels.copy_(self.normalizer.clamp_normalized(pixels))
+
+        start = (torch.full((), float("inf"), device=self.device), (pixels.detach().clone(),))
+        result = self.invert(lambda: (self.inversion_terms(pixels, targets), (pixels,)), [optimizer],
+                             after_step=clamp, start=start, keep_best=not self.keep_last)
+        logged = result.logged
         if self.keep_last:
             best_pixels = pixels.detach()   # [REF]: the final iterate, after the last step and clip
         else:
-            logged["loss_synthesis_best"] = best_loss
+            (best_pixels,) = result.best
+            logged["loss_synthesis_best"] = result.best_loss
         self.store(self.normalizer.denormalize(best_pixels))
         return logged

@@ -39,6 +39,7 @@ import torch.nn as nn
 from datafree.augment import random_crop_flip
 from datafree.criterions import kl_divergence
 from datafree.hooks import BatchNormStatisticsHook
+from datafree.numerics import autocast
 from datafree.seeding import MAX_SEED
 
 #: Offsets that make the two RNG streams of one (seed, rank) distinct.
@@ -230,17 +231,28 @@ class Synthesizer:
         return None
 
     # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        """The run's autocast context for a forward pass (bf16 / fp16; a no-op in fp32, §7 item 22)."""
+        return autocast(self.device, self.setup.autocast_dtype)
+
+    def forward_float(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """``module(*inputs)`` under the run's autocast, returned in float32 (e.g. a generator's images)."""
+        with self.autocast():
+            output = module(*inputs)
+        return output.float()
+
     def teacher_forward(self, images: torch.Tensor, return_features: bool = False):
         """Teacher forward under the run's autocast, logits in float32."""
-        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                            enabled=self.setup.autocast_dtype is not None):
+        with self.autocast():
             output = self.teacher(self.memory_format(images), return_features=return_features)
         if return_features:
             return output[0].float(), output[1].float()
         return output.float()
 
-    def student_forward_eval(self, images: torch.Tensor, return_features: bool = False):
-        """Student logits with the student in eval() (BN running stats), as in the references.
+    def student_forward(self, images: torch.Tensor, return_features: bool = False, train_mode: bool = False):
+        """Student logits for a synthesis objective, with the student in eval() (BN running stats), as in
+        the references; ``train_mode=True`` queries it in train() instead (NAYER's [REF] mode, §11.10 item 1:
+        batch statistics, and the synthetic batch updates the student's BN running statistics).
 
         Gradients flow to ``images`` only: the student's parameters are switched to
         ``requires_grad=False`` for the query (the references compute and discard those
@@ -249,11 +261,10 @@ class Synthesizer:
         """
         was_training = self.student.training
         flags = [parameter.requires_grad for parameter in self.student.parameters()]
-        self.student.eval()
+        self.student.train(train_mode)
         self.student.requires_grad_(False)
         try:
-            with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                                enabled=self.setup.autocast_dtype is not None):
+            with self.autocast():
                 if return_features:
                     logits, features = self.student(self.memory_format(images), return_features=True)
                     output = (logits.float(), features.float())

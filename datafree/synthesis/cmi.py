@@ -39,13 +39,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.augment import random_resized_crop_flip
-from datafree.criterions import adversarial_kl_masked, contrastive_loss
+from datafree.criterions import contrastive_loss
 from datafree.errors import UsageError
 from datafree.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.pool import MemoryBank
 from datafree.synthesis.base import SynthesisSetup, TestPreset
-from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: Area range of the local view's random resized crop (§4.5).
 LOCAL_VIEW_SCALE = (0.25, 1.0)
@@ -128,13 +128,6 @@ class CMISynthesizer(PooledSynthesizer):
         return int(self.feature_hook.features.shape[1])
 
     # ------------------------------------------------------------------ synthesis
-    def generate(self, latents: torch.Tensor) -> torch.Tensor:
-        """Generator images in [0, 1] (float32) under the run's autocast."""
-        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                            enabled=self.setup.autocast_dtype is not None):
-            images = self.image_generator(latents)
-        return images.float()
-
     def contrastive_term(self, local_features: torch.Tensor, global_features: torch.Tensor,
                          cached: torch.Tensor) -> torch.Tensor:
         """``L_cr`` of the current instances against ``cached`` bank rows ``(N', 2d)`` (§4.5).
@@ -148,24 +141,16 @@ class CMISynthesizer(PooledSynthesizer):
         return contrastive_loss(projected[:local_rows], projected[local_rows:],
                                 num_current=local_features.shape[0], temperature=self.cr_temperature)
 
-    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor
-                        ) -> tuple[dict[str, tuple[float, torch.Tensor]], torch.Tensor]:
-        """Weighted terms of L for generator output ``images`` (name -> (weight, value)) and ``[hl ‖ hg]``."""
+    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[Terms, torch.Tensor]:
+        """Weighted terms of L for generator output ``images``: the teacher prior on the global view plus
+        ``L_cr`` from the local view; and the instance features ``[hl ‖ hg]`` for the bank."""
         global_view = self.normalizer(self.pool_augment(images))
         local_view = self.normalizer(random_resized_crop_flip(images, scale=LOCAL_VIEW_SCALE,
                                                               flip_prob=self.flip_probability,
                                                               generator=self.augmentation_stream))
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        teacher_logits = self.teacher_forward(global_view)
-        if self.bn_hook is not None:
-            terms["bn"] = (self.bn, self.bn_hook.loss)            # read before the local pass overwrites it
+        # bn is read before the local pass overwrites the hooks.
+        terms, _ = self.teacher_prior(global_view, targets, adversarial=self.adv > 0)
         global_features = self.feature_hook.features
-        if self.oh:
-            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
-        if self.adv > 0:
-            student_logits = self.student_forward_eval(global_view)
-            terms["adv"] = (self.adv, adversarial_kl_masked(student_logits, teacher_logits, temperature=1.0,
-                                                            scale_by_temperature_squared=False))
         self.teacher_forward(local_view)
         local_features = self.feature_hook.features
         cached = self.bank.get(self.negative_count, generator=self.augmentation_stream)
@@ -181,25 +166,17 @@ class CMISynthesizer(PooledSynthesizer):
         targets = self.random_labels(count)
         optimizer = torch.optim.Adam([{"params": self.image_generator.parameters()}, {"params": [latents]}],
                                      lr=self.synthesis_lr, betas=self.betas)
-        best_loss: torch.Tensor | None = None
-        best: tuple[torch.Tensor, ...] = ()
-        logged: dict[str, torch.Tensor] = {}
-        for _ in range(self.g_steps):
-            images = self.generate(latents)
+
+        def objective() -> tuple[Terms, tuple[torch.Tensor, ...]]:
+            images = self.forward_float(self.image_generator, latents)
             terms, features = self.synthesis_terms(images, targets)
-            loss = sum(weight * value for weight, value in terms.values())
-            if best_loss is None:
-                best_loss, best = loss.detach().clone(), (images.detach().clone(), features.detach().clone())
-            else:
-                best_loss, best = keep_lower(loss, best_loss, (images, features), best)
-            self.optimizer_step(loss, optimizer, self.head_optimizer)
-            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
-            logged["loss_synthesis"] = loss.detach()
-        best_images, best_features = best
+            return terms, (images, features)
+
+        result = self.invert(objective, [optimizer, self.head_optimizer])
+        best_images, best_features = result.best
         self.store(best_images)
         self.bank.add(best_features)
-        logged["loss_synthesis_best"] = best_loss
-        return logged
+        return {**result.logged, "loss_synthesis_best": result.best_loss}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

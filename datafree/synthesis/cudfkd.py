@@ -166,7 +166,7 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
         """The student's logits for the adversarial term, and its features where a subclass needs them
         (AdaDFKD, §12.4): one eval-mode forward, skipped while nothing needs it (``(None, None)``)."""
         if self.adv > 0:
-            return self.student_forward_eval(images), None
+            return self.student_forward(images), None
         return None, None
 
     def relationship_terms(self, teacher_features: torch.Tensor,

@@ -42,13 +42,11 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from datafree.criterions import adversarial_kl_masked
 from datafree.errors import UsageError
 from datafree.models import GeneratorS
 from datafree.synthesis.base import SynthesisSetup, TestPreset
-from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
 FAST_VARIANTS: dict[str, dict[str, Any]] = {
@@ -170,28 +168,6 @@ class FastSynthesizer(PooledSynthesizer):
         return list(self.meta_generator.parameters())
 
     # ------------------------------------------------------------------ synthesis
-    def generate(self, latents: torch.Tensor) -> torch.Tensor:
-        """Fast-generator images in [0, 1] (float32) under the run's autocast."""
-        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                            enabled=self.setup.autocast_dtype is not None):
-            images = self.fast_generator(latents)
-        return images.float()
-
-    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """Weighted terms of the inner objective L for generator output ``images`` (§10.4): name -> (weight, value)."""
-        view = self.normalizer(self.pool_augment(images))
-        teacher_logits = self.teacher_forward(view)
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.bn_hook is not None:
-            terms["bn"] = (self.bn, self.bn_hook.loss)
-        if self.oh:
-            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
-        if self.adv > 0 and self.adversarial_open:
-            student_logits = self.student_forward_eval(view)
-            terms["adv"] = (self.adv, adversarial_kl_masked(student_logits, teacher_logits, temperature=1.0,
-                                                            scale_by_temperature_squared=False))
-        return terms
-
     def synthesize(self) -> dict[str, torch.Tensor]:
         """One synthetic batch: clone θ, k inner steps on (θ', z), one meta step, pool the best batch (§10.6).
 
@@ -209,29 +185,23 @@ class FastSynthesizer(PooledSynthesizer):
         fast_parameters = list(self.fast_generator.parameters())
         # Σ_j ∇θ' L_j (unscaled): the FOMAML meta-gradient, and the non-finite check of Reptile under fp16.
         gradient_sum = self.zeroed_meta_gradients() if self.sums_inner_gradients() else None
-        best_loss: torch.Tensor | None = None
-        best_images = torch.empty(0)
-        logged: dict[str, torch.Tensor] = {}
-        for step in range(self.g_steps):
-            images = self.generate(latents)
-            terms = self.synthesis_terms(images, targets)
-            loss = sum(weight * value for weight, value in terms.values())
-            if best_loss is None:   # the first iteration always counts
-                best_loss, best_images = loss.detach().clone(), images.detach().clone()
-                logged["loss_synthesis_first"] = loss.detach()
-            else:
-                best_loss, (best_images,) = keep_lower(loss, best_loss, (images,), (best_images,))
-            self.optimizer_step(loss, inner_optimizer)   # the fast gradients are unscaled after the step
-            if gradient_sum is not None:
-                torch._foreach_add_(gradient_sum, [self.gradient_of(p) for p in fast_parameters])
-            logged.update({f"loss_{name}": value.detach() for name, (_, value) in terms.items()})
-            logged["loss_synthesis"] = loss.detach()
+
+        def objective() -> tuple[Terms, tuple[torch.Tensor, ...]]:
+            images = self.forward_float(self.fast_generator, latents)
+            view = self.normalizer(self.pool_augment(images))
+            terms, _ = self.teacher_prior(view, targets, adversarial=self.adv > 0 and self.adversarial_open)
+            return terms, (images,)
+
+        def add_inner_gradients() -> None:   # the fast gradients are unscaled after the step
+            torch._foreach_add_(gradient_sum, [self.gradient_of(p) for p in fast_parameters])
+
+        result = self.invert(objective, [inner_optimizer],
+                             after_step=add_inner_gradients if gradient_sum is not None else None)
         self.meta_step(gradient_sum)
         if self.bn_hook is not None:
             self.bn_hook.update_momentum()   # statistics of this synthesis' last teacher forward (§10.4)
-        self.store(best_images)
-        logged["loss_synthesis_best"] = best_loss
-        return logged
+        self.store(result.best[0])
+        return {"loss_synthesis_first": result.first_loss, **result.logged, "loss_synthesis_best": result.best_loss}
 
     # ------------------------------------------------------------------ meta-update
     def sums_inner_gradients(self) -> bool:

@@ -109,11 +109,8 @@ class GenerativeSynthesizer(Synthesizer):
         """Images (float32) from ``count`` fresh latents, with gradients to the generator: in [0, 1],
         or already in model space for a normalised-output generator."""
         latents = self.randn(count, self.latent_dim)
-        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                            enabled=self.setup.autocast_dtype is not None):
-            network = self.trained_generator if torch.is_grad_enabled() else self.image_generator
-            images = network(latents)
-        return images.float()
+        network = self.trained_generator if torch.is_grad_enabled() else self.image_generator
+        return self.forward_float(network, latents)
 
     def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of the generator loss for normalised ``images``: name -> (weight, value)."""
@@ -128,7 +125,7 @@ class GenerativeSynthesizer(Synthesizer):
         if self.bn_hook is not None:
             terms["bn"] = (self.bn, self.bn_hook.loss)
         if self.adv:
-            student_logits = self.student_forward_eval(images)
+            student_logits = self.student_forward(images)
             terms["adv"] = (self.adv, -kl_divergence(student_logits, teacher_logits, temperature=1.0))
         return terms
 

@@ -38,14 +38,12 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from datafree import label_embeddings
-from datafree.criterions import adversarial_kl_masked
 from datafree.errors import UsageError
 from datafree.models import NoisyLayerGenerator, reset_default_init
 from datafree.synthesis.base import SynthesisSetup, TestPreset
-from datafree.synthesis.pooled import PooledSynthesizer, keep_lower
+from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: NAYER's own options that must be positive integers (checked by ``check_options``).
 POSITIVE_INTEGERS = ("g_loops", "gwp_loops", "g_life", "le_hidden")
@@ -168,77 +166,28 @@ class NAYERSynthesizer(PooledSynthesizer):
         return self.image_generator.persistent_parameters()
 
     # ------------------------------------------------------------------ synthesis
-    def generate(self, labels: torch.Tensor) -> torch.Tensor:
-        """Generator images in [0, 1] (float32) under the run's autocast."""
-        with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                            enabled=self.setup.autocast_dtype is not None):
-            images = self.image_generator(labels)
-        return images.float()
-
-    def student_forward_train(self, images: torch.Tensor) -> torch.Tensor:
-        """[REF] student query in **train** mode (§11.10 item 1, ``--nayer_ref_student_mode``).
-
-        Batch statistics, and the student's BN running statistics are updated by the synthetic
-        batch, as in [REF]. Gradients flow to ``images`` only, as in :meth:`student_forward_eval`.
-        """
-        was_training = self.student.training
-        flags = [parameter.requires_grad for parameter in self.student.parameters()]
-        self.student.train()
-        self.student.requires_grad_(False)
-        try:
-            with torch.autocast(self.device.type, dtype=self.setup.autocast_dtype,
-                                enabled=self.setup.autocast_dtype is not None):
-                logits = self.student(self.memory_format(images)).float()
-        finally:
-            for parameter, flag in zip(self.student.parameters(), flags):
-                parameter.requires_grad_(flag)
-            self.student.train(was_training)
-        return logits
-
-    def synthesis_terms(self, images: torch.Tensor, targets: torch.Tensor, adversarial: bool,
-                        student_train_mode: bool) -> dict[str, tuple[float, torch.Tensor]]:
-        """Weighted terms of L (§11.5) for generator output ``images``: name -> (weight, value)."""
-        augmented = self.normalizer(self.pool_augment(images))
-        teacher_logits = self.teacher_forward(augmented)
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.bn_hook is not None:
-            terms["bn"] = (self.bn, self.bn_hook.loss)
-        if self.oh:
-            terms["oh"] = (self.oh, F.cross_entropy(teacher_logits, targets))
-        if adversarial:
-            query = self.student_forward_train if student_train_mode else self.student_forward_eval
-            terms["adv"] = (self.adv, adversarial_kl_masked(query(augmented), teacher_logits, temperature=1.0,
-                                                            scale_by_temperature_squared=False))
-        return terms
-
     def synthesize_batch(self, batch_index: int, adversarial: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One synthetic batch (§11.6): re-initialised noisy layers, fresh Adam, ``g_steps`` iterations;
-        the lowest-L iterate goes to the pool. Returns the last iteration's terms and the best L."""
+        """One synthetic batch (§11.6): re-initialised noisy layers, fresh Adam, ``g_steps`` iterations on
+        the teacher prior of the augmented images (§11.5); the lowest-L iterate goes to the pool.
+        Returns the last iteration's terms and the best L."""
         self.image_generator.train()
         self.image_generator.re_init_noisy_layers(self.noise_stream)
         targets = balanced_labels(self.setup.synthesis_batch_size, self.setup.num_classes,
                                   generator=self.noise_stream, device=self.device)
         optimizer = torch.optim.Adam(self.image_generator.parameters(), lr=self.synthesis_lr, betas=self.betas)
         student_train_mode = self.ref_student_mode and batch_index > 0
-        best_loss: torch.Tensor | None = None
-        best_images = torch.empty(0)
-        logged: dict[str, torch.Tensor] = {}
-        for _ in range(self.g_steps):
-            images = self.generate(targets)
-            terms = self.synthesis_terms(images, targets, adversarial, student_train_mode)
-            loss = sum(weight * value for weight, value in terms.values())
-            if best_loss is None:
-                best_loss, best_images = loss.detach().clone(), images.detach().clone()
-            else:
-                best_loss, (best_images,) = keep_lower(loss, best_loss, (images,), (best_images,))
-            self.optimizer_step(loss, optimizer)
-            logged = {f"loss_{name}": value.detach() for name, (_, value) in terms.items()}
-            logged["loss_synthesis"] = loss.detach()
+
+        def objective() -> tuple[Terms, tuple[torch.Tensor, ...]]:
+            images = self.forward_float(self.image_generator, targets)
+            view = self.normalizer(self.pool_augment(images))
+            terms, _ = self.teacher_prior(view, targets, adversarial, student_train_mode)
+            return terms, (images,)
+
+        result = self.invert(objective, [optimizer])
         if self.bn_hook is not None:
             self.bn_hook.update_momentum()
-        self.store(best_images)
-        assert best_loss is not None
-        return logged, best_loss
+        self.store(result.best[0])
+        return result.logged, result.best_loss
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         """One epoch's synthesis (§11.6): ``loops_for(epoch)`` batches into the pool."""
