@@ -33,7 +33,7 @@ from tqdm import tqdm
 import registry
 from datafree import distributed
 from datafree.checkpoints import file_sha256, load_classifier
-from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, first_line, resolved_config, run_cli
+from datafree.cli import ArgumentParser, add_common_arguments, first_line, resolved_config, run_cli
 from datafree.data import DatasetError, TensorLoader, download, load_split
 from datafree.errors import CheckpointError, UsageError
 from datafree.evaluation import evaluate
@@ -41,20 +41,13 @@ from datafree.hooks import freeze
 from datafree.models import Normalizer
 from datafree.numerics import (Numerics, autocast, environment_info, maybe_compile, memory_bytes, resolve_device,
                                to_memory_format, unwrap)
+from datafree.options import add_option_flags, option_readers, refuse_foreign_flags
 from datafree.run import RunLifecycle
 from datafree.seeding import seed_everything
 from datafree.signals import StopRequest
 from datafree.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
-#: Options a method may leave out of its DEFAULTS (§10.4, §10.7, §11.7: only Fast and NAYER warm up and
-#: blend BN statistics; §3.3: the student's SGD with momentum 0.9, weight decay 1e-4, cosine schedule,
-#: which DAFL's MNIST row replaces by Adam at a constant rate, §20.1).
-DRIVER_DEFAULTS = {"warmup": 0, "eta_min": 0.0, "bn_mmt": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
-                   "optimizer": "sgd", "lr_schedule": "cosine"}
-#: Student optimizers and learning-rate schedules (§3.3, §20.1).
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("cosine", "constant")
 #: Where a KD run starts.
 START = {"epoch": 0, "round": 0, "kd_in_round": 0, "kd_step": 0}
 
@@ -62,48 +55,14 @@ START = {"epoch": 0, "round": 0, "kd_in_round": 0, "kd_step": 0}
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         description="Data-free knowledge distillation. Unset hyperparameters take the method's "
-                    "published defaults (docs/METHODS.md §4.7, §5.8, §10.8, §11.8, §12.6).")
+                    "published defaults (docs/METHODS.md §4.7, §5.8, §10.8, §11.8, §12.6), printed per method "
+                    "in brackets below; a flag that the chosen method does not read is refused.")
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(registry.METHODS)}")
     parser.add_argument("--teacher", required=True, help="teacher architecture, e.g. wrn40_2")
     parser.add_argument("--student", required=True, help="student architecture, e.g. wrn16_1")
     parser.add_argument("--teacher_ckpt", default=None,
                         help="teacher checkpoint (default checkpoints/pretrained/<dataset>_<teacher>.pth)")
-    group = parser.add_argument_group("schedule (default: the method's)")
-    group.add_argument("--epochs", type=int, default=None, help="epochs, warm-up epochs included")
-    group.add_argument("--warmup", type=int, default=None,
-                       help="first epochs that only synthesise (no KD step, no LR step; Fast/NAYER 20, else 0)")
-    group.add_argument("--batch_size", type=int, default=None, help="student (KD) batch B, global across ranks")
-    group.add_argument("--synthesis_batch_size", type=int, default=None,
-                       help="Bs, global across ranks (default = B)")
-    group.add_argument("--ep_steps", type=int, default=None, help="KD steps per epoch (400)")
-    group.add_argument("--kd_steps", type=int, default=None, help="KD steps per synthesis round")
-    group.add_argument("--g_steps", type=int, default=None, help="synthesis iterations per round")
-    group.add_argument("--lr", type=float, default=None, help="student learning rate")
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                       help="student optimizer: sgd (momentum, weight decay; default) or adam (DAFL MNIST, §20.1)")
-    group.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=None,
-                       help="student learning rate per KD epoch: cosine to --eta_min (default, §3.3) or constant")
-    group.add_argument("--eta_min", type=float, default=None, help="floor of the cosine schedule (default 0)")
-    group.add_argument("--lr_g", type=float, default=None, help="generator / pixel / latent learning rate")
-    group.add_argument("--beta1", type=float, default=None, help="Adam beta1 of the synthesizer")
-    group.add_argument("--beta2", type=float, default=None, help="Adam beta2 of the synthesizer")
-    group.add_argument("--momentum", type=float, default=None, help="student SGD momentum (0.9)")
-    group.add_argument("--weight_decay", type=float, default=None, help="student weight decay (1e-4)")
-    group.add_argument("--T", type=float, default=None,
-                       help="KD temperature (DAFL/ZSKT/DFQ 1, ADI/CMI/Fast/NAYER 20, CuDFKD per script)")
-    weights = parser.add_argument_group("loss weights (default: the method's)")
-    weights.add_argument("--adv", type=float, default=None, help="adversarial (teacher-student disagreement)")
-    weights.add_argument("--bn", type=float, default=None, help="BN-statistics matching")
-    weights.add_argument("--oh", type=float, default=None, help="one-hot / target-label cross-entropy")
-    weights.add_argument("--act", type=float, default=None, help="DAFL activation prior")
-    weights.add_argument("--balance", type=float, default=None, help="class balance (batch-mean entropy)")
-    weights.add_argument("--cr", type=float, default=None, help="CMI contrastive loss")
-    weights.add_argument("--cr_T", type=float, default=None, help="CMI contrastive temperature")
-    weights.add_argument("--bn_mmt", type=float, default=None,
-                         help="momentum of the BN-statistics loss over past batches (Fast/NAYER 0.9, else 0; §10.4)")
-    weights.add_argument("--nz", type=int, default=None, help="generator latent size")
-    weights.add_argument("--ngf", type=int, default=None, help="generator width (64 in every published setting)")
-    add_method_arguments(parser)
+    add_option_flags(parser, registry.method_options())
     parser.add_argument("--log_fidelity", action="store_true",
                         help="log Agreement@1 and probability loyalty on the test set (§6.3)")
     parser.add_argument("--log_tag", default="",
@@ -112,49 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that only some methods read, each added once by the class that defines it."""
-    added: set[type] = set()
-    for method in registry.METHODS.values():
-        for cls in reversed(method.__mro__):
-            if "add_arguments" in cls.__dict__ and cls not in added:
-                added.add(cls)
-                title = f"{cls.__name__} options ({(cls.__doc__ or '').strip().splitlines()[0]})"
-                cls.__dict__["add_arguments"].__func__(cls, parser.add_argument_group(title))
+def resolve_method_options(args: argparse.Namespace) -> Any:
+    """The chosen method's typed options: the flags given, over its published defaults for the dataset.
+
+    A given flag that the method does not read is refused in one line (it would be silently ignored).
+    """
+    method = registry.get_method(args.method)
+    info = registry.get_dataset(args.dataset)
+    readers = option_readers(registry.method_options())
+    given = {name: getattr(args, name) for name in readers if getattr(args, name, None) is not None}
+    refuse_foreign_flags(given, args.method, registry.method_options())
+    return method.Options.resolve(given, dataset=args.dataset, num_classes=info.num_classes)
 
 
 def resolve_options(args: argparse.Namespace, world_size: int | None = None) -> dict[str, Any]:
-    """Fill unset flags from the method's (dataset's) defaults, validate, return the resolved config.
+    """The resolved configuration (``config.yaml``): the run's flags and the method's typed options.
 
     Everything is checked here, before anything is created: names, numbers, sizes, and that the
     global batches divide across ``world_size`` ranks (default: torchrun's WORLD_SIZE).
     """
-    method = registry.get_method(args.method)
-    info = registry.get_dataset(args.dataset)
     registry.lookup(registry.CLASSIFIERS, args.teacher, "model")
     registry.lookup(registry.CLASSIFIERS, args.student, "model")
-    options = resolved_config(args)
-    for key, value in {**DRIVER_DEFAULTS, **method.defaults_for(args.dataset)}.items():
-        if options.get(key) is None:
-            options[key] = value
-    method.finalize_options(options)
-    options = {key: value for key, value in options.items()
-               if value is not None or key in ("save_dir", "max_minutes", "num_threads", "teacher_ckpt")}
-    if options.get("synthesis_batch_size") is None:
-        options["synthesis_batch_size"] = options["batch_size"]
-    check_numbers(options)
-    if options["kd_steps"] > options["ep_steps"]:
-        raise UsageError(f"--kd_steps ({options['kd_steps']}) exceeds --ep_steps ({options['ep_steps']}): "
-                         "an epoch would have no synthesis round")
-    if options["warmup"] >= options["epochs"]:
-        raise UsageError(f"--warmup ({options['warmup']}) must be smaller than --epochs ({options['epochs']})")
+    method_options = resolve_method_options(args)
+    readers = option_readers(registry.method_options())
+    options = {key: value for key, value in resolved_config(args).items() if key not in readers}
+    options.update(method_options.as_config())
+    options["num_classes"] = method_options.num_classes
     world_size = world_size or distributed.world_size_from_environment()
     for key in ("batch_size", "synthesis_batch_size"):
         if options[key] % world_size:
             raise UsageError(f"--{key} {options[key]} is the global batch and must divide across the "
                              f"{world_size} ranks; pass a multiple of {world_size}")
-    options["num_classes"] = info.num_classes
-    method.check_options(options)
     if options["teacher_ckpt"] is None:
         options["teacher_ckpt"] = f"checkpoints/pretrained/{args.dataset}_{args.teacher}.pth"
     if options["save_dir"] is None:
@@ -162,6 +109,11 @@ def resolve_options(args: argparse.Namespace, world_size: int | None = None) -> 
         options["save_dir"] = (f"runs/{args.method}/{args.dataset}_{args.teacher}_{args.student}"
                                f"{tag}_seed{args.seed}")
     return options
+
+
+def method_options(options: dict[str, Any]) -> Any:
+    """The typed options of the configuration's method (rebuilt from ``config``; see :mod:`datafree.options`)."""
+    return registry.get_method(options["method"]).Options.from_config(options)
 
 
 def check_memory(options: dict[str, Any], device: torch.device, world_size: int) -> None:
@@ -203,7 +155,7 @@ def check_batchnorm_terms(options: dict[str, Any], teacher: nn.Module) -> None:
         raise UsageError(f"--method {name} cannot run on teacher {teacher_name}: {method.requires_batchnorm}, and "
                          f"{teacher_name} has no BatchNorm layer; use a teacher with BN layers or a method without "
                          "a BN prior (dafl, zskt)")
-    terms = method.batchnorm_terms(options)
+    terms = method.batchnorm_terms(method_options(options))
     if terms:
         flags = " ".join(f"--{flag} 0" for flag in terms)
         raise UsageError(f"teacher {teacher_name} has no BatchNorm layer, so the BN-statistics prior of --method "
@@ -269,7 +221,7 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
                            channels_last=numerics.channels_last, seed=options["seed"], image_size=info.image_size,
                            rank=context.rank, world_size=world, channels=info.channels,
                            pool_padding=info.pool_padding, pool_flip=info.pool_flip)
-    synthesizer = registry.get_method(options["method"])(setup, options)
+    synthesizer = registry.get_method(options["method"])(setup, method_options(options))
     if context.enabled:
         synthesizer.distribute(lambda module: distributed.wrap(module, context, device))
     trained_student = distributed.wrap(maybe_compile(student, options["compile"]), context, device)
@@ -360,7 +312,7 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext, de
                 "method": options["method"]}
     if context.is_main:
         print("resolved configuration:\n" + "\n".join(f"  {k}: {v}" for k, v in options.items()))
-        for note in registry.get_method(options["method"]).deviations(options):
+        for note in registry.get_method(options["method"]).deviations(method_options(options)):
             print(f"deviation from the paper: {note}")
     seed_everything(options["seed"])
     parts = build_parts(options, teacher, context, numerics)   # before the run directory is created

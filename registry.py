@@ -15,6 +15,7 @@ import torch.nn as nn
 from datafree.data import DATASETS, DatasetInfo
 from datafree.errors import UsageError
 from datafree.models import CLASSIFIERS
+from datafree.options import Options
 from datafree.synthesis.adadfkd import AdaDFKDSynthesizer
 from datafree.synthesis.adi import ADISynthesizer
 from datafree.synthesis.base import Synthesizer
@@ -46,6 +47,12 @@ def lookup(table: Mapping[str, _Value], name: str, kind: str) -> _Value:
     if name not in table:
         raise UsageError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(table)}")
     return table[name]
+
+
+def method_options() -> dict[str, type[Options]]:
+    """Each registered method's typed options (:mod:`datafree.options`): the command line is generated
+    from this table, and a flag is refused for a method whose options lack it."""
+    return {name: method.Options for name, method in METHODS.items()}
 
 
 def get_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:

@@ -28,6 +28,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,13 @@ from tqdm import tqdm
 import registry
 from datafree.augment import random_crop_flip, to_unit_float
 from datafree.checkpoints import write_error
-from datafree.cli import ArgumentParser, add_common_arguments, check_numbers, resolved_config, run_cli
-from datafree.data import DatasetError, TensorLoader, download, load_split
+from datafree.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
+from datafree.data import DATASETS, DatasetError, TensorLoader, download, load_split
 from datafree.errors import UsageError
 from datafree.evaluation import evaluate
 from datafree.models import Normalizer
 from datafree.numerics import Numerics, autocast, environment_info, resolve_device, to_memory_format
+from datafree.options import Options, add_option_flags, option
 from datafree.run import EpochMeter, RunLifecycle
 from datafree.seeding import derived_generator, seed_everything
 from datafree.signals import StopRequest
@@ -56,19 +58,36 @@ REFERENCE_RECIPE = {"optimizer": "sgd", "epochs": 200, "batch_size": 256, "lr": 
                     "weight_decay": 1e-4, "milestones": "120,150,180", "gamma": 0.1}
 
 
+@dataclass(frozen=True)
+class ScratchOptions(Options):
+    """training recipe (§2.2; a dataset's published recipe replaces parts of it, §20.1)"""
+
+    DEFAULTS = REFERENCE_RECIPE
+    ROWS = {name: dict(info.scratch_defaults) for name, info in DATASETS.items()}
+
+    optimizer: str = option("sgd", "sgd or adam (MNIST)", choices=("sgd", "adam"))
+    epochs: int = option(200, "epochs", "positive")
+    batch_size: int = option(256, "batch size", "positive")
+    lr: float = option(0.1, "learning rate", "positive")
+    momentum: float = option(0.9, "SGD momentum", "non_negative")
+    weight_decay: float = option(1e-4, "weight decay", "non_negative")
+    milestones: str = option("120,150,180", "epochs where lr is multiplied by --gamma (MNIST none: '')")
+    gamma: float = option(0.1, "learning-rate decay factor at each milestone", "positive")
+
+    def derive(self) -> None:
+        """Milestones as canonical comma-separated integers."""
+        try:
+            milestones = [int(m) for m in str(self.milestones).split(",") if m.strip()]
+        except ValueError:
+            raise UsageError(f"--milestones must be comma-separated integers, got '{self.milestones}'") from None
+        self.set("milestones", ",".join(str(m) for m in milestones))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description="Train a classifier from scratch (teacher or baseline). Unset values "
                                         "take the reference recipe (docs/METHODS.md §2.2; MNIST §20.1).")
     parser.add_argument("--model", required=True, help=f"one of: {' '.join(registry.CLASSIFIERS)}")
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="sgd (default) or adam (MNIST)")
-    parser.add_argument("--epochs", type=int, default=None, help="200 (MNIST 9)")
-    parser.add_argument("--batch_size", type=int, default=None, help="256")
-    parser.add_argument("--lr", type=float, default=None, help="0.1 (MNIST 1e-3)")
-    parser.add_argument("--momentum", type=float, default=None, help="SGD momentum 0.9")
-    parser.add_argument("--weight_decay", type=float, default=None, help="1e-4 (MNIST 0)")
-    parser.add_argument("--milestones", default=None,
-                        help="epochs where lr is multiplied by --gamma: 120,150,180 (MNIST none: '')")
-    parser.add_argument("--gamma", type=float, default=None, help="0.1")
+    add_option_flags(parser, {"train_scratch": ScratchOptions})
     parser.add_argument("--pretrained_path", default=None,
                         help="where the finished teacher is copied (default checkpoints/pretrained/<dataset>_<model>.pth)")
     add_common_arguments(parser)
@@ -79,14 +98,10 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every argument and fill the defaults that depend on others (before anything is created)."""
     info = registry.get_dataset(args.dataset)
     registry.lookup(registry.CLASSIFIERS, args.model, "model")
-    for key, value in {**REFERENCE_RECIPE, **info.scratch_defaults}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    try:
-        milestones = [int(m) for m in str(args.milestones).split(",") if m.strip()]
-    except ValueError as error:
-        raise UsageError(f"--milestones must be comma-separated integers, got '{args.milestones}'") from error
-    args.milestones = ",".join(str(m) for m in milestones)
+    recipe = ScratchOptions.resolve({name: getattr(args, name) for name in ScratchOptions.flag_names()},
+                                    dataset=args.dataset, num_classes=info.num_classes)
+    for key, value in recipe.as_config().items():
+        setattr(args, key, value)
     if args.save_dir is None:
         args.save_dir = f"runs/scratch/{args.dataset}_{args.model}_seed{args.seed}"
     if args.pretrained_path is None:
@@ -95,9 +110,7 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     if pretrained.is_dir() or any(parent.exists() and not parent.is_dir() for parent in pretrained.parents):
         raise UsageError(f"--pretrained_path {pretrained} must be a file path (it is a directory or lies under a "
                          "file); pass e.g. checkpoints/pretrained/<dataset>_<model>.pth")
-    options = resolved_config(args)
-    check_numbers(options)
-    return options
+    return resolved_config(args)
 
 
 def load_data(options: dict[str, Any], device: torch.device):

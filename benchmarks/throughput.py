@@ -42,6 +42,7 @@ from datafree.cli import ArgumentParser, run_cli  # noqa: E402
 from datafree.errors import UsageError  # noqa: E402
 from datafree.hooks import freeze  # noqa: E402
 from datafree.numerics import Numerics, device_description, resolve_device, to_memory_format  # noqa: E402
+from datafree.options import option_readers  # noqa: E402
 from datafree.seeding import seed_everything  # noqa: E402
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("bf16", True),
@@ -57,11 +58,32 @@ def synchronize(device: torch.device) -> None:
 
 def resolve_schedule(method: str, dataset: str, teacher_name: str, student_name: str, variant: str,
                      extra: list[str]) -> dict:
-    """The resolved datafree_kd options of one row (the method's defaults plus ``extra``)."""
+    """The resolved datafree_kd options of one row: the method's defaults plus the ``extra`` flags that it
+    reads (a flag of the other measured methods, e.g. NAYER's ``--le_hidden`` in a Fast row, is left out)."""
     precision, compile_student = VARIANTS[variant]
     argv = ["--method", method, "--dataset", dataset, "--teacher", teacher_name, "--student", student_name,
-            "--precision", precision, *(["--compile"] if compile_student else []), *extra]
+            "--precision", precision, *(["--compile"] if compile_student else []),
+            *flags_read_by(method, extra)]
     return datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(argv), world_size=1)
+
+
+def flags_read_by(method: str, extra: list[str]) -> list[str]:
+    """``extra`` without the method options that ``method`` does not read (``--flag value`` or ``--flag=value``)."""
+    readers = option_readers(registry.method_options())
+    own = registry.get_method(method).Options.flag_names()
+    kept: list[str] = []
+    skip_value = False
+    for index, token in enumerate(extra):
+        if skip_value:
+            skip_value = False
+            continue
+        name = token[2:].split("=")[0] if token.startswith("--") else None
+        if name in readers and name not in own:
+            takes_value = "=" not in token and index + 1 < len(extra) and not extra[index + 1].startswith("--")
+            skip_value = takes_value
+            continue
+        kept.append(token)
+    return kept
 
 
 def row_identity(row: dict) -> tuple:

@@ -1,7 +1,8 @@
 """Command-line pieces shared by ``train_scratch.py`` and ``datafree_kd.py``.
 
-Configuration flows one way: argparse -> :func:`resolved_config` (a plain dict, validated by
-:func:`check_numbers`, dumped as ``config.yaml``) -> plain constructor arguments. ``--resume``
+Configuration flows one way: argparse -> :func:`resolved_config` (a plain dict, with a method's or
+a recipe's typed options, :mod:`datafree.options`, dumped as ``config.yaml``) -> typed constructor
+arguments. The run flags here check their own values as they are parsed (:func:`checked`). ``--resume``
 re-reads that file and refuses to continue with settings that change what the run computes
 (:func:`check_resume_config`); paths and where the run lives do not count, so a run directory
 that was moved, or named with a trailing slash, resumes.
@@ -31,13 +32,6 @@ RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progr
                           "download", "log_interval", "num_threads", "nan_policy", "deterministic", "save_dir",
                           "teacher_ckpt", "pretrained_path", "environment", "world_size", "batch_size_per_rank",
                           "synthesis_batch_size_per_rank"})
-
-#: Numeric options that must be > 0, >= 0, or in [0, 1) (any option also has to be finite).
-POSITIVE = frozenset({"epochs", "batch_size", "synthesis_batch_size", "ep_steps", "kd_steps", "g_steps", "lr",
-                      "lr_g", "T", "log_interval", "nz", "ngf", "num_threads", "max_minutes", "gamma"})
-NON_NEGATIVE = frozenset({"momentum", "weight_decay", "warmup", "eta_min"})
-HALF_OPEN_UNIT = frozenset({"beta1", "beta2", "bn_mmt"})
-
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a command-line ``main`` and turn foreseeable errors into one line + an exit code."""
@@ -90,6 +84,24 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def checked(flag: str, kind: type, valid: Callable[[Any], bool] = lambda value: value > 0,
+            rule: str = "must be positive") -> Callable[[str], Any]:
+    """argparse ``type`` for a run flag: a finite ``kind`` (int or float) for which ``valid`` holds, else a
+    one-line UsageError that names the flag (not argparse's wording, which names this function)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UsageError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+        if not valid(value):
+            raise UsageError(f"{flag} {rule}, got {value}")
+        return value
+
+    return parse
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every training command has: data, device, precision, seeding, run directory."""
     group = parser.add_argument_group("run")
@@ -99,7 +111,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                             + " (default $DATAFREE_DATA_ROOT or ./data)")
     group.add_argument("--download", action="store_true",
                        help="download the dataset into --data_root if it is missing")
-    group.add_argument("--seed", type=int, default=0, help=f"random seed, 0 ≤ seed ≤ {MAX_SEED}")
+    group.add_argument("--seed", type=checked("--seed", int, lambda value: 0 <= value <= MAX_SEED,
+                                              f"must be in [0, {MAX_SEED}]"),
+                       default=0, help=f"random seed, 0 ≤ seed ≤ {MAX_SEED}")
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                        help="fp32 (default): the reference numerics, FP32 with cuDNN's TF32 convolutions as "
@@ -116,42 +130,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in --save_dir from last.pth")
     group.add_argument("--overwrite", action="store_true",
                        help="replace a run already in --save_dir (deletes only the files it wrote)")
-    group.add_argument("--max_minutes", type=float, default=None,
+    group.add_argument("--max_minutes", type=checked("--max_minutes", float), default=None,
                        help="stop cleanly with a checkpoint after this many minutes (resume later)")
     group.add_argument("--no_progress", dest="progress", action="store_false", help="no tqdm bars")
-    group.add_argument("--log_interval", type=int, default=50,
+    group.add_argument("--log_interval", type=checked("--log_interval", int), default=50,
                        help="steps between NaN checks and progress-bar updates (host syncs)")
     group.add_argument("--nan_policy", default="stop", choices=["stop", "skip"],
                        help="on a NaN/inf loss: stop with a message (default) or skip the batch")
-    group.add_argument("--num_threads", type=int, default=None, help="torch CPU threads")
+    group.add_argument("--num_threads", type=checked("--num_threads", int), default=None, help="torch CPU threads")
 
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The namespace as a plain, YAML-friendly dict."""
     return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-
-
-def check_numbers(options: dict[str, Any]) -> None:
-    """One-line UsageError for the first numeric option that is not finite or out of its range.
-
-    Runs before anything is created. Every number must be finite; :data:`POSITIVE` options
-    > 0, :data:`NON_NEGATIVE` options >= 0, Adam betas in [0, 1), the seed in [0, 2**63 − 1].
-    Method-specific ranges are checked by the method's ``check_options``.
-    """
-    for key, value in options.items():
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
-            raise UsageError(f"--{key} must be a finite number, got {value}")
-        if key in POSITIVE and value <= 0:
-            raise UsageError(f"--{key} must be positive, got {value}")
-        if key in NON_NEGATIVE and value < 0:
-            raise UsageError(f"--{key} must be >= 0, got {value}")
-        if key in HALF_OPEN_UNIT and not 0 <= value < 1:
-            raise UsageError(f"--{key} must be in [0, 1), got {value}")
-    seed = options.get("seed")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:

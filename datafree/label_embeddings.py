@@ -23,7 +23,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ def check_embedding_file(path: str | Path, num_classes: int) -> torch.Tensor:
 
 
 def check_source(source: str, num_classes: int) -> None:
-    """``check_options`` part: a keyword, or a file that passes :func:`check_embedding_file`."""
+    """NAYER's options check: a keyword, or a file that passes :func:`check_embedding_file`."""
     if not is_keyword(source):
         check_embedding_file(source, num_classes)
 
@@ -148,19 +148,16 @@ def load_label_embeddings(source: str, num_classes: int, teacher: nn.Module, see
                         f"sha256 {file_sha256(source)[:16]}…)")
 
 
-def record_source(options: dict[str, Any]) -> None:
-    """``finalize_options`` part: put the file's SHA-256 into the options (hence config.yaml).
-
-    Keywords record nothing; a file that does not exist is left to :func:`check_source`.
-    """
-    source = options.get("label_embeddings")
-    if source is not None and not is_keyword(source) and Path(source).is_file():
-        options["label_embeddings_sha256"] = file_sha256(source)
+def source_sha256(source: str) -> str | None:
+    """The SHA-256 of an embedding file, recorded in config.yaml (§11.3); None for a keyword, and for a
+    missing file (left to :func:`check_source`)."""
+    if not is_keyword(source) and Path(source).is_file():
+        return file_sha256(source)
+    return None
 
 
-def deviation(options: Mapping[str, Any]) -> list[str]:
+def deviation(source: str) -> list[str]:
     """The deviation line for the offline substitutes (none for a file)."""
-    source = options.get("label_embeddings")
     if source == TEACHER_FC:
         what = ("--label_embeddings teacher_fc feeds NAYER's generator the rows of the teacher's final Linear "
                 "weight; label results 'NAYER (teacher-FC embedding)'")

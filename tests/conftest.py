@@ -53,12 +53,20 @@ def tiny_method_flags(method: str) -> list[str]:
 
 
 def distill_args(method: str, data_root: Path, teacher: Path, save_dir: Path, *extra: str) -> list[str]:
-    """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture, narrow generators)."""
+    """A tiny, fast datafree_kd.py configuration (wrn16_1 -> wrn16_1 on the fixture, narrow generators
+    for the methods that have one)."""
     return ["--method", method, "--dataset", "cifar10", "--teacher", "wrn16_1", "--student", "wrn16_1",
             "--teacher_ckpt", str(teacher), "--data_root", str(data_root), "--save_dir", str(save_dir),
             "--device", "cpu", "--no_progress", "--batch_size", "16", "--epochs", "1",
-            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", "--ngf", "8", *tiny_method_flags(method),
-            *extra]
+            "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2", *narrow_generator(method),
+            *tiny_method_flags(method), *extra]
+
+
+def narrow_generator(method: str, width: int = 8) -> list[str]:
+    """``--ngf width`` for a method with a generator (a flag its options read), nothing for one without (ADI)."""
+    import registry
+
+    return ["--ngf", str(width)] if "ngf" in registry.get_method(method).Options.flag_names() else []
 
 
 @pytest.fixture(scope="session")

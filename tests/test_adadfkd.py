@@ -40,7 +40,7 @@ def make_synthesizer(student: nn.Module | None = None, **overrides) -> AdaDFKDSy
                            normalizer=Normalizer((0.5,) * 3, (0.25,) * 3), num_classes=10, dataset="cifar10",
                            teacher_name="tiny_cnn", batch_size=4, synthesis_batch_size=4, epochs=8,
                            device=torch.device("cpu"), autocast_dtype=None, channels_last=False, seed=0)
-    options = {**AdaDFKDSynthesizer.DEFAULTS, "ngf": 8, "lambda_growth": 1e-4, "queue_size": 10, **overrides}
+    options = AdaDFKDSynthesizer.Options.resolve({"ngf": 8, "lambda_growth": 1e-4, "queue_size": 10, **overrides})
     return AdaDFKDSynthesizer(setup, options)
 
 
@@ -243,7 +243,7 @@ def test_reference_mode_draws_a_new_random_projection_at_each_use():
 # ----------------------------------------------------------------------------- generator step (§12.4)
 def test_generator_step_adds_r2m_with_one_forward_each_and_an_unmasked_adversarial_term(monkeypatch):
     synthesizer = make_synthesizer(adv=1.0, hard=0.1)
-    assert AdaDFKDSynthesizer.DEFAULTS["adv_mask"] == "off" and synthesizer.adv_mask is False
+    assert AdaDFKDSynthesizer.Options.resolve().adv_mask == "off" and synthesizer.adv_mask is False
     masks = []
     original = cudfkd.adversarial_kl_masked
     monkeypatch.setattr(cudfkd, "adversarial_kl_masked",

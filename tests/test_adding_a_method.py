@@ -6,9 +6,8 @@ of step 2), and then exercised exactly as the registry-parametrised suites exerc
 """
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,29 +16,24 @@ import datafree_kd
 import registry
 from conftest import distill_args
 from datafree.cli import run_cli
-from datafree.errors import UsageError
+from datafree.options import option
 from datafree.synthesis.base import Synthesizer
 
 
 class GaussianNoiseSynthesizer(Synthesizer):
     """Example: KD on N(0, noise_std²) images, nothing synthesised (a lower bound)."""
 
-    DEFAULTS = {"batch_size": 16, "epochs": 2, "ep_steps": 4, "kd_steps": 2, "g_steps": 1, "lr": 0.1,
-                "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 4.0, "adv": 0.0, "bn": 0.0, "oh": 0.0,
-                "noise_std": 1.0}
+    @dataclass(frozen=True)
+    class Options(Synthesizer.Options):
+        """Gaussian-noise options"""
 
-    def __init__(self, setup, options: Mapping[str, Any]) -> None:
+        DEFAULTS = {"batch_size": 16, "epochs": 2, "ep_steps": 4, "kd_steps": 2, "T": 4.0}
+
+        noise_std: float = option(1.0, "std of the noise images", "positive")
+
+    def __init__(self, setup, options: Options) -> None:
         super().__init__(setup, options)
-        self.noise_std = float(options["noise_std"])
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--noise_std", type=float, default=None, help="std of the noise images")
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if not options["noise_std"] > 0:
-            raise UsageError(f"--noise_std must be positive, got {options['noise_std']}")
+        self.noise_std = options.noise_std
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         return {}

@@ -114,7 +114,7 @@ CASES = [
     ("adadfkd zero tau", KD, ["--method", "adadfkd", "--tau", "0"], "--tau must be positive, got 0.0"),
     ("adadfkd window too long", KD, ["--method", "adadfkd", "--length", "1.5"], "--length must be in (0, 1], got 1.5"),
     ("adadfkd empty window", KD, ["--method", "adadfkd", "--length", "0"], "--length must be in (0, 1], got 0.0"),
-    ("adadfkd empty queue", KD, ["--method", "adadfkd", "--queue_size", "0"], "--queue_size must be at least 1, got 0"),
+    ("adadfkd empty queue", KD, ["--method", "adadfkd", "--queue_size", "0"], "--queue_size must be positive, got 0"),
     ("adadfkd negative hard", KD, ["--method", "adadfkd", "--hard", "-1"], "--hard must be >= 0, got -1.0"),
     ("adadfkd negative s_nce", KD, ["--method", "adadfkd", "--s_nce", "-0.1"], "--s_nce must be >= 0, got -0.1"),
     # benchmarks/throughput.py and the report

@@ -43,7 +43,7 @@ def make_synthesizer(**overrides) -> CuDFKDSynthesizer:
                            num_classes=10, dataset="cifar10", teacher_name="tiny_cnn", batch_size=4,
                            synthesis_batch_size=4, epochs=8, device=torch.device("cpu"), autocast_dtype=None,
                            channels_last=False, seed=0)
-    options = {**CuDFKDSynthesizer.DEFAULTS, "ngf": 8, "lambda_0": 2.0, "lambda_growth": 0.5, **overrides}
+    options = CuDFKDSynthesizer.Options.resolve({"ngf": 8, "lambda_0": 2.0, "lambda_growth": 0.5, **overrides})
     return CuDFKDSynthesizer(setup, options)
 
 

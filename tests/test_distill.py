@@ -25,12 +25,12 @@ def test_every_method_runs_an_epoch_end_to_end(method, tmp_path, cifar10_root, t
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["method"] == method and config["batch_size"] == 16 and config["kd_steps"] == 2
     assert config["precision"] == "fp32" and len(config["teacher_sha256"]) == 64
-    assert config["T"] == registry.METHODS[method].DEFAULTS["T"]
+    assert config["T"] == registry.METHODS[method].Options.resolve().T
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("acc1", "acc5", "loss", "lr", "best_acc1", "epoch_seconds", "images_per_second",
                 "loss_student", "agreement1", "prob_loyalty_ref", "prob_loyalty_js"):
         assert key in record, key
-    assert record["lr"] == pytest.approx(registry.METHODS[method].DEFAULTS["lr"])
+    assert record["lr"] == pytest.approx(registry.METHODS[method].Options.resolve().lr)
     assert any(key.startswith("loss_") and key != "loss_student" for key in record)
     assert (run / "best.pth").is_file() and (run / "last.pth").is_file() and (run / "summary.json").is_file()
 
@@ -40,10 +40,11 @@ def test_method_defaults_fill_unset_flags(tmp_path, cifar10_root, teacher_checkp
     for method, cls in registry.METHODS.items():
         args = parser.parse_args(["--method", method, "--teacher", "wrn40_2", "--student", "wrn16_1"])
         options = datafree_kd.resolve_options(args)
-        expected_bs = cls.DEFAULTS.get("synthesis_batch_size", options["batch_size"])   # = B unless published
+        published = cls.Options.published("cifar10")
+        expected_bs = published["synthesis_batch_size"] or options["batch_size"]   # = B unless published
         assert options["synthesis_batch_size"] == expected_bs
-        for key, value in cls.defaults_for("cifar10").items():
-            if key not in ("balance",):
+        for key, value in published.items():
+            if value is not None:
                 assert options[key] == value, (method, key)
         assert options["precision"] == "fp32"   # the reference numerics (§7 item 22)
     cudfkd = datafree_kd.resolve_options(parser.parse_args(

@@ -46,12 +46,9 @@ def make_setup(seed: int = 0) -> SynthesisSetup:
                           autocast_dtype=None, channels_last=False, seed=seed)
 
 
-def fast_options(**overrides: Any) -> dict[str, Any]:
-    """Resolved options of a tiny Fast synthesizer (finalize_options fills the variant and the reset epoch)."""
-    options = {**FastSynthesizer.DEFAULTS, "nz": 16, "ngf": 8, "warmup": 0, "g_steps": 3, "lr_g": None,
-               "lr_z": None, "reset_l0_epoch": None, **overrides}
-    FastSynthesizer.finalize_options(options)
-    return options
+def fast_options(**overrides: Any) -> FastSynthesizer.Options:
+    """Resolved options of a tiny Fast synthesizer (``derive`` fills the variant and the reset epoch)."""
+    return FastSynthesizer.Options.resolve({"nz": 16, "ngf": 8, "warmup": 0, "g_steps": 3, **overrides})
 
 
 def make_synthesizer(**overrides: Any) -> FastSynthesizer:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import datafree_kd
-from conftest import tiny_method_flags
+from conftest import narrow_generator, tiny_method_flags
 import registry
 from datafree import stopping
 from datafree.distributed import DistributedContext
@@ -37,7 +37,7 @@ def build(method: str, cifar10_root, tiny_teacher, tmp_path, device: str = "cpu"
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
         "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path / "run"),
         "--device", device, "--batch_size", "8", "--ep_steps", str(KD_STEPS), "--kd_steps", str(KD_STEPS),
-        "--g_steps", "2", "--ngf", "8", *tiny_method_flags(method),
+        "--g_steps", "2", *narrow_generator(method), *tiny_method_flags(method),
         # CuDFKD: adversarial weight on from epoch 0, so its student query is exercised too.
         *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import datafree_kd
 import registry
 import train_scratch
-from conftest import REPO, tiny_method_flags
+from conftest import REPO, narrow_generator, tiny_method_flags
 from datafree import idx
 from datafree.data import DATASETS, DatasetError, download, load_split
 from datafree.errors import UsageError
@@ -225,7 +225,7 @@ def test_the_refusal_is_exit_2_from_the_command_line(tmp_path, mnist_root, lenet
 RUNNABLE = {"dafl": ["--batch_size", "16", "--ep_steps", "4"],
             "zskt": ["--batch_size", "16", "--ep_steps", "4", "--kd_steps", "2"],
             **{method: ["--bn", "0", "--batch_size", "16", "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2",
-                        "--ngf", "8", *tiny_method_flags(method)] for method in BN_METHODS}}
+                        *narrow_generator(method), *tiny_method_flags(method)] for method in BN_METHODS}}
 
 
 @pytest.mark.parametrize("method", sorted(RUNNABLE))

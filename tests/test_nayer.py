@@ -139,8 +139,8 @@ def make_synthesizer(synthesis_batch_size: int = 20, **overrides) -> NAYERSynthe
                            num_classes=10, dataset="cifar10", teacher_name="tiny_cnn", batch_size=8,
                            synthesis_batch_size=synthesis_batch_size, epochs=8, device=torch.device("cpu"),
                            autocast_dtype=None, channels_last=False, seed=0)
-    options = {**NAYERSynthesizer.DEFAULTS, "ngf": 4, "le_hidden": 16, "g_steps": 2, "warmup": 0, "g_loops": 1,
-               "gwp_loops": 1, **overrides}
+    options = NAYERSynthesizer.Options.resolve({"ngf": 4, "le_hidden": 16, "g_steps": 2, "warmup": 0, "g_loops": 1,
+                                                "gwp_loops": 1, **overrides})
     return NAYERSynthesizer(setup, options)
 
 
@@ -241,14 +241,13 @@ def test_pt_and_npy_files_give_the_same_embeddings_and_the_sha256_is_recorded(tm
     from_npy, _ = label_embeddings.load_label_embeddings(str(tmp_path / "le.npy"), 10, nn.Identity(), 0)
     assert from_pt.dtype == torch.float32 and torch.equal(from_pt, from_npy) and torch.equal(from_pt, values.float())
     assert "10 x 512" in described
-    options = {"label_embeddings": str(tmp_path / "le.npy")}
-    NAYERSynthesizer.finalize_options(options)
-    assert options["label_embeddings_sha256"] == hashlib.sha256((tmp_path / "le.npy").read_bytes()).hexdigest()
+    options = NAYERSynthesizer.Options.resolve({"label_embeddings": str(tmp_path / "le.npy")})
+    assert options.label_embeddings_sha256 == hashlib.sha256((tmp_path / "le.npy").read_bytes()).hexdigest()
+    assert options.as_config()["label_embeddings_sha256"] == options.label_embeddings_sha256
     assert NAYERSynthesizer.deviations(options) == []
     for keyword in ("teacher_fc", "random"):
-        options = {"label_embeddings": keyword}
-        NAYERSynthesizer.finalize_options(options)
-        assert "label_embeddings_sha256" not in options
+        options = NAYERSynthesizer.Options.resolve({"label_embeddings": keyword})
+        assert options.label_embeddings_sha256 is None
         assert "CLIP ViT-B/32" in NAYERSynthesizer.deviations(options)[0]
 
 
@@ -288,19 +287,19 @@ def test_bad_embedding_files_are_refused_in_one_line(tmp_path, name, content, ex
     else:
         torch.save(content, path)
     with pytest.raises(UsageError) as refused:
-        NAYERSynthesizer.check_options({**NAYERSynthesizer.DEFAULTS, "num_classes": 10,
-                                        "label_embeddings": str(path)})
+        NAYERSynthesizer.Options.resolve({"label_embeddings": str(path)}, num_classes=10)
     assert expected in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_option_ranges_are_checked():
-    base = {**NAYERSynthesizer.DEFAULTS, "num_classes": 10}
-    NAYERSynthesizer.check_options(base)
+    NAYERSynthesizer.Options.resolve({}, num_classes=10)
     for key in ("g_loops", "gwp_loops", "g_life", "le_hidden"):
-        with pytest.raises(UsageError, match=f"--{key} must be a positive integer"):
-            NAYERSynthesizer.check_options({**base, key: 0})
+        with pytest.raises(UsageError, match=f"--{key} must be positive, got 0"):
+            NAYERSynthesizer.Options.resolve({key: 0}, num_classes=10)
+    with pytest.raises(UsageError, match="--le_hidden must be an int, got 2.5"):
+        NAYERSynthesizer.Options.resolve({"le_hidden": 2.5}, num_classes=10)
     with pytest.raises(UsageError, match="pass e.g. 400"):
-        NAYERSynthesizer.check_options({**base, "num_classes": 100, "synthesis_batch_size": 410})
+        NAYERSynthesizer.Options.resolve({"synthesis_batch_size": 410}, num_classes=100)
 
 
 def test_cifar100_defaults_take_40_generator_steps():
@@ -314,7 +313,7 @@ def test_cifar100_defaults_take_40_generator_steps():
 
 
 def test_driver_level_options_take_nayers_published_values():
-    """warmup 20, eta_min 2e-4, bn_mmt 0.9 (§11.8) are in DEFAULTS and must win over the driver's 0s."""
+    """warmup 20, eta_min 2e-4, bn_mmt 0.9 (§11.8) are in DEFAULTS and must win over the fields' 0s."""
     options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(
         ["--method", "nayer", "--teacher", "wrn40_2", "--student", "wrn16_1"]))
     assert (options["warmup"], options["eta_min"], options["bn_mmt"]) == (20, 2e-4, 0.9)

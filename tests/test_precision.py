@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import datafree_kd
-from conftest import tiny_method_flags
+from conftest import narrow_generator, tiny_method_flags
 import registry
 from datafree import numerics
 
@@ -35,7 +35,7 @@ def test_bf16_and_fp32_runs_both_finish_with_close_losses(method, tmp_path, cifa
                           "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root),
                           "--save_dir", str(run), "--device", "cpu", "--no_progress", "--precision", precision,
                           "--epochs", "1", "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2",
-                          "--batch_size", "16", "--ngf", "8", "--bank_size", "64", "--n_neg", "16"])
+                          "--batch_size", "16", "--ngf", "8", *tiny_method_flags(method)])
         losses[precision] = json.loads((run / "metrics.jsonl").read_text())["loss_student"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.1)
 
@@ -109,8 +109,8 @@ def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
     args = datafree_kd.build_parser().parse_args([
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
         "--teacher_ckpt", str(tiny_teacher), "--data_root", str(cifar10_root), "--save_dir", str(tmp_path),
-        "--device", "cpu", "--precision", "fp16", "--batch_size", "8", "--g_steps", "2", "--ngf", "8",
-        *tiny_method_flags(method),
+        "--device", "cpu", "--precision", "fp16", "--batch_size", "8", "--g_steps", "2",
+        *narrow_generator(method), *tiny_method_flags(method),
         *(["--adv", "1"] if method == "cudfkd" else [])])
     options = datafree_kd.resolve_options(args)
     device = torch.device("cpu")

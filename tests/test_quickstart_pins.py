@@ -32,12 +32,13 @@ def tiny_net() -> nn.Module:
 
 def quickstart_synthesizer() -> CuDFKDSynthesizer:
     options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(QUICKSTART))
-    options["ngf"] = 8  # generator width does not enter the pinned values; keeps the test fast
+    # The generator width does not enter the pinned values; 8 keeps the test fast.
+    typed = datafree_kd.method_options(options).replace(ngf=8)
     setup = SynthesisSetup(teacher=freeze(tiny_net()), student=tiny_net(),
                            normalizer=Normalizer((0.5,) * 3, (0.25,) * 3), num_classes=2, dataset="cifar10",
                            teacher_name="wrn16_2", batch_size=2, synthesis_batch_size=2, epochs=8,
                            device=torch.device("cpu"), autocast_dtype=None, channels_last=False, seed=0)
-    return CuDFKDSynthesizer(setup, options)
+    return CuDFKDSynthesizer(setup, typed)
 
 
 def test_quickstart_student_loss_is_per_sample_self_paced_kl_at_t20():

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.errors import UsageError
+from datafree.options import add_option_flags
 from datafree.hooks import freeze
 from datafree.models import GeneratorS, Normalizer, reset_generator_init
 from datafree.synthesis.adi import ADISynthesizer
@@ -67,13 +68,13 @@ def make_setup(seed: int = 0) -> SynthesisSetup:
                           autocast_dtype=None, channels_last=False, seed=seed)
 
 
-def adi_options(**overrides: Any) -> dict[str, Any]:
-    return {**ADISynthesizer.DEFAULTS, "synthesis_batch_size": SYNTHESIS_BATCH_SIZE, "g_steps": 3, **overrides}
+def adi_options(**overrides: Any) -> ADISynthesizer.Options:
+    return ADISynthesizer.Options.resolve({"synthesis_batch_size": SYNTHESIS_BATCH_SIZE, "g_steps": 3, **overrides})
 
 
-def cmi_options(**overrides: Any) -> dict[str, Any]:
-    return {**CMISynthesizer.DEFAULTS, "synthesis_batch_size": SYNTHESIS_BATCH_SIZE, "g_steps": 2,
-            "nz": 16, "ngf": 64, "bank_size": 10, "n_neg": 6, "head_dim": 8, **overrides}
+def cmi_options(**overrides: Any) -> CMISynthesizer.Options:
+    return CMISynthesizer.Options.resolve({"synthesis_batch_size": SYNTHESIS_BATCH_SIZE, "g_steps": 2, "nz": 16,
+                                           "ngf": 64, "bank_size": 10, "n_neg": 6, "head_dim": 8, **overrides})
 
 
 def capture_stores(synthesizer) -> list[torch.Tensor]:
@@ -255,30 +256,29 @@ def test_cmi_generator_gets_contrastive_gradient_only_from_the_local_view() -> N
 
 
 # ----------------------------------------------------------------------------- options
-def test_cmi_check_options() -> None:
-    CMISynthesizer.check_options(cmi_options())
+def test_cmi_options_are_checked_in_one_line() -> None:
+    cmi_options()
     with pytest.raises(UsageError, match="cannot fill") as error:
-        CMISynthesizer.check_options(cmi_options(synthesis_batch_size=11, bank_size=10))
+        cmi_options(synthesis_batch_size=11, bank_size=10)
     assert "\n" not in str(error.value)
-    with pytest.raises(UsageError, match="n_neg"):
-        CMISynthesizer.check_options(cmi_options(n_neg=0))
-    with pytest.raises(UsageError, match="g_steps"):
-        ADISynthesizer.check_options(adi_options(g_steps=0))
+    with pytest.raises(UsageError, match="--n_neg must be positive, got 0"):
+        cmi_options(n_neg=0)
+    with pytest.raises(UsageError, match="--g_steps must be positive"):
+        adi_options(g_steps=0)
 
 
-def test_method_flags_default_to_none_and_resolve_from_defaults() -> None:
+def test_method_options_resolve_from_the_published_defaults() -> None:
     parser = argparse.ArgumentParser()
-    ADISynthesizer.add_arguments(parser.add_argument_group("adi"))
-    CMISynthesizer.add_arguments(parser.add_argument_group("cmi"))
+    add_option_flags(parser, {"adi": ADISynthesizer.Options, "cmi": CMISynthesizer.Options})
     parsed = vars(parser.parse_args([]))
-    assert parsed == {"tv": None, "l2": None, "js_T": None, "adi_keep_last": None,
-                      "bank_size": None, "n_neg": None, "head_dim": None}
+    assert {key: parsed[key] for key in ("tv", "l2", "js_T", "adi_keep_last", "bank_size", "n_neg", "head_dim")} \
+        == {"tv": None, "l2": None, "js_T": None, "adi_keep_last": None, "bank_size": None, "n_neg": None,
+            "head_dim": None}
     assert parser.parse_args(["--adi_keep_last"]).adi_keep_last is True
-    assert ADISynthesizer.DEFAULTS["adi_keep_last"] is False
-    assert (ADISynthesizer.DEFAULTS["g_steps"], ADISynthesizer.DEFAULTS["bn"], ADISynthesizer.DEFAULTS["tv"]) \
-        == (1000, 10.0, 0.001)
-    assert (CMISynthesizer.DEFAULTS["g_steps"], CMISynthesizer.DEFAULTS["bank_size"],
-            CMISynthesizer.DEFAULTS["n_neg"], CMISynthesizer.DEFAULTS["head_dim"]) == (200, 40960, 4096, 256)
+    adi, cmi = ADISynthesizer.Options.resolve(), CMISynthesizer.Options.resolve()
+    assert adi.adi_keep_last is False
+    assert (adi.g_steps, adi.bn, adi.tv) == (1000, 10.0, 0.001)
+    assert (cmi.g_steps, cmi.bank_size, cmi.n_neg, cmi.head_dim) == (200, 40960, 4096, 256)
 
 
 # ----------------------------------------------------------------------------- state and gradients

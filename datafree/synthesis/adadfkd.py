@@ -25,8 +25,8 @@ all ranks, so all ranks hold the same queue (§12.9).
 """
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from datafree import curriculum
 from datafree.criterions import infonce, r2m_loss
-from datafree.errors import UsageError
+from datafree.options import option
 from datafree.pool import NegativeQueue
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
@@ -70,24 +70,40 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
                              learning_flags=("--epochs", "4", "--ep_steps", "60", "--kd_steps", "4", "--ngf", "16",
                                              "--lr_g", "3e-3", "--queue_size", "64", "--hard", "0.1", "--s_nce", "0.1",
                                              "--length", "0.8"), fp16_backoffs=1)
-    DEFAULTS = {**CuDFKDSynthesizer.DEFAULTS, "batch_size": 768, "epochs": 300, "loss": "kl", "T": 20.0,
-                "lambda_0": 2.2, "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.25, "end_fraction": 0.75,
-                "length": 0.9, "s_nce": 0.1, "queue_size": 4096, "hard": 0.1, "tau": 0.07, "adv_mask": "off",
-                "spl_granularity": "batch", "ada_ref_random_projection": False}
-    #: §12.6 ``cifar100_wrn402_wrn162`` row (the HEAD file whose name matches its content).
-    DATASET_DEFAULTS = {"cifar100": {"batch_size": 1024, "epochs": 500, "loss": "kl", "T": 2.0, "lambda_0": 1.2,
-                                     "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.2, "end_fraction": 0.79,
-                                     "length": 0.8, "s_nce": 0.15, "queue_size": 16384}}
+
+    @dataclass(frozen=True)
+    class Options(CuDFKDSynthesizer.Options):
+        """AdaDFKD options (§12)"""
+
+        DEFAULTS = {"batch_size": 768, "epochs": 300, "loss": "kl", "T": 20.0, "lambda_0": 2.2, "adv": 1.0,
+                    "grad_adv": 0.0, "begin_fraction": 0.25, "end_fraction": 0.75, "adv_mask": "off",
+                    "spl_granularity": "batch"}
+        #: §12.6 ``cifar100_wrn402_wrn162`` row (the HEAD file whose name matches its content).
+        ROWS = {"cifar100": {"batch_size": 1024, "epochs": 500, "loss": "kl", "T": 2.0, "lambda_0": 1.2,
+                             "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.2, "end_fraction": 0.79,
+                             "length": 0.8, "s_nce": 0.15, "queue_size": 16384}}
+
+        hard: float = option(0.1, "AdaDFKD weight of the R2M contrastive generator term (§12.4)", "non_negative")
+        tau: float = option(0.07, "AdaDFKD temperature of the R2M and InfoNCE terms", "positive")
+        length: float = option(0.9, "AdaDFKD fraction ℓ of the negatives inside the R2M window (§12.4)",
+                               "open_fraction")
+        s_nce: float = option(0.1, "AdaDFKD weight of the student's in-batch InfoNCE (§12.5)", "non_negative")
+        queue_size: int = option(4096, "AdaDFKD number K of negatives in the queue ([REF] --N_neg; any K, §12.8)",
+                                 "positive")
+        ada_ref_random_projection: bool = option(
+            False, "[REF] bug: a new random Linear(d_S, d_T) at every use instead of one trained projection when "
+                   "the feature widths differ (§12.8 item 1)")
+
     #: The student loss needs the penultimate features of both networks (§12.9).
     needs_features = True
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.r2m_weight = float(options["hard"])
-        self.contrast_temperature = float(options["tau"])
-        self.window_length = float(options["length"])
-        self.nce_weight = float(options["s_nce"])
-        self.ref_random_projection = bool(options["ada_ref_random_projection"])
+        self.r2m_weight = options.hard
+        self.contrast_temperature = options.tau
+        self.window_length = options.length
+        self.nce_weight = options.s_nce
+        self.ref_random_projection = options.ada_ref_random_projection
         self.student_width = feature_width(setup.student, setup.image_size, setup.device, setup.channels)
         self.teacher_width = feature_width(setup.teacher, setup.image_size, setup.device, setup.channels)
         # P: Linear(d_S, d_T) when the widths differ (§12.8 item 1); the student's SGD trains it.
@@ -95,41 +111,10 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         if self.student_width != self.teacher_width and not self.ref_random_projection:
             self.projection = nn.Linear(self.student_width, self.teacher_width).to(setup.device)
         self.trained_projection: nn.Module | None = self.projection  # DDP-wrapped by distribute()
-        self.queue = NegativeQueue(self.teacher_width, int(options["queue_size"]), setup.device, self.noise_stream)
+        self.queue = NegativeQueue(self.teacher_width, options.queue_size, setup.device, self.noise_stream)
         self.gather_keys = False  # set by distribute(): enqueue the keys of all ranks
         self.hard_factor = curriculum.hard_factor(0, setup.epochs, self.begin_fraction, self.end_fraction,
                                                   self.window_length)
-
-    # ------------------------------------------------------------------ options
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--hard", type=float, default=None,
-                           help="AdaDFKD weight of the R2M contrastive generator term (0.1, §12.4)")
-        group.add_argument("--tau", type=float, default=None,
-                           help="AdaDFKD temperature of the R2M and InfoNCE terms (0.07)")
-        group.add_argument("--length", type=float, default=None,
-                           help="AdaDFKD fraction ℓ of the negatives inside the R2M window, in (0, 1] (§12.4)")
-        group.add_argument("--s_nce", type=float, default=None,
-                           help="AdaDFKD weight of the student's in-batch InfoNCE (§12.5)")
-        group.add_argument("--queue_size", type=int, default=None,
-                           help="AdaDFKD number K of negatives in the queue ([REF] --N_neg; any K, §12.8)")
-        group.add_argument("--ada_ref_random_projection", action="store_true", default=None,
-                           help="[REF] bug: a new random Linear(d_S, d_T) at every use instead of one trained "
-                                "projection when the feature widths differ (§12.8 item 1)")
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        if not options["tau"] > 0:
-            raise UsageError(f"--tau must be positive, got {options['tau']}")
-        if not 0 < options["length"] <= 1:
-            raise UsageError(f"--length must be in (0, 1], got {options['length']}")
-        if options["hard"] < 0:
-            raise UsageError(f"--hard must be >= 0, got {options['hard']}")
-        if options["s_nce"] < 0:
-            raise UsageError(f"--s_nce must be >= 0, got {options['s_nce']}")
-        if options["queue_size"] < 1:
-            raise UsageError(f"--queue_size must be at least 1, got {options['queue_size']}")
 
     # ------------------------------------------------------------------ sharing
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:

@@ -20,14 +20,13 @@ reproduces the reference behaviour. The best batch is tracked on the device with
 """
 from __future__ import annotations
 
-import argparse
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from datafree.augment import jitter_flip
 from datafree.criterions import js_divergence_ref, total_variation
-from datafree.errors import UsageError
+from datafree.options import option
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
@@ -38,37 +37,30 @@ JITTER_FRACTION = 8
 class ADISynthesizer(PooledSynthesizer):
     """Adaptive DeepInversion (§4.4): per-batch pixel optimisation, best batch to the pool."""
 
-    #: §4.7 ADI row.
     TEST_PRESET = TestPreset(learning_flags=("--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps",
                                              "50"), persistent_synthesis=False)
-    DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 1000,
-                "lr": 0.1, "lr_g": 0.1, "beta1": 0.5, "beta2": 0.99, "T": 20.0,
-                "adv": 1.0, "bn": 10.0, "oh": 1.0, "tv": 0.001, "l2": 0.0, "js_T": 3.0,
-                "adi_keep_last": False}
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class Options(PooledSynthesizer.Options):
+        """ADI options (§4.4)"""
+
+        #: §4.7 ADI row.
+        DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 1000,
+                    "lr": 0.1, "lr_g": 0.1, "beta1": 0.5, "beta2": 0.99, "T": 20.0, "adv": 1.0, "bn": 10.0, "oh": 1.0}
+
+        tv: float = option(0.001, "ADI total-variation prior weight", "non_negative")
+        l2: float = option(0.0, "ADI pixel L2-norm prior weight", "non_negative")
+        js_T: float = option(3.0, "ADI temperature of the adversarial reference JS divergence", "positive")
+        adi_keep_last: bool = option(False, "[REF] bug: store the final iterate instead of the lowest-loss batch "
+                                            "(§4.4)")
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.tv = float(options["tv"])
-        self.l2 = float(options["l2"])
-        self.js_temperature = float(options["js_T"])
-        self.keep_last = bool(options["adi_keep_last"])
+        self.tv = options.tv
+        self.l2 = options.l2
+        self.js_temperature = options.js_T
+        self.keep_last = options.adi_keep_last
         self.max_shift = setup.image_size // JITTER_FRACTION
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--tv", type=float, default=None, help="ADI total-variation prior weight (0.001)")
-        group.add_argument("--l2", type=float, default=None, help="ADI pixel L2-norm prior weight (0)")
-        group.add_argument("--js_T", type=float, default=None,
-                           help="ADI temperature of the adversarial reference JS divergence (3)")
-        group.add_argument("--adi_keep_last", action="store_true", default=None,
-                           help="[REF] bug: store the final iterate instead of the lowest-loss batch (§4.4)")
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if int(options["g_steps"]) < 1:
-            raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
-        if float(options["js_T"]) <= 0:
-            raise UsageError(f"--js_T must be positive, got {options['js_T']}")
 
     # ------------------------------------------------------------------ synthesis
     def inversion_terms(self, pixels: torch.Tensor, targets: torch.Tensor) -> Terms:

@@ -21,15 +21,13 @@ student criterion and its temperature) lives behind these calls. ``state_dict`` 
 ``load_state_dict`` must capture all of it, including RNG streams, so that ``--resume``
 continues to the same result.
 
-A method is one module under ``datafree/synthesis/`` defining a subclass with
-``DEFAULTS`` (its published hyperparameters; the driver fills every flag left unset from
-them), ``DATASET_DEFAULTS`` where the published settings differ by dataset, optionally
-``add_arguments`` for flags only it uses and ``check_options`` for one-line validation, plus
+A method is one module under ``datafree/synthesis/`` defining a subclass with its typed, frozen
+``Options`` (:mod:`datafree.options`: the flags it reads, their help and checks, its published
+``DEFAULTS`` and per-dataset ``ROWS``; the driver fills every flag left unset from them), plus
 one line in ``registry.METHODS`` (docs/ARCHITECTURE.md, "Adding a method").
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -39,7 +37,9 @@ import torch.nn as nn
 from datafree.augment import random_crop_flip
 from datafree.criterions import kl_divergence
 from datafree.hooks import BatchNormStatisticsHook
+from datafree.errors import UsageError
 from datafree.numerics import autocast
+from datafree.options import Options, option
 from datafree.seeding import MAX_SEED
 
 #: Offsets that make the two RNG streams of one (seed, rank) distinct.
@@ -102,6 +102,72 @@ class TestPreset:
     persistent_synthesis: bool = True
 
 
+@dataclass(frozen=True)
+class LatentOptions(Options):
+    """Latent generator options (G-S, G-L, G-D, G-Cu; §1.7)"""
+
+    nz: int = option(256, "generator latent size", "positive")
+
+
+@dataclass(frozen=True)
+class WidthOptions(Options):
+    """Generator width (§1.7)"""
+
+    ngf: int = option(64, "generator width (64 in every published setting)", "positive")
+
+
+@dataclass(frozen=True)
+class BNMomentumOptions(Options):
+    """BN-statistics memory of Fast and NAYER (§10.4)"""
+
+    bn_mmt: float = option(0.0, "momentum of the BN-statistics loss over past batches", "unit")
+
+
+@dataclass(frozen=True)
+class LoopOptions(Options):
+    """options of every method (schedule, student optimiser, synthesis optimiser, shared loss weights; §3.3, §4.7)
+
+    The loop reads the schedule and the student's optimisation; every synthesizer reads the rest.
+    """
+
+    epochs: int = option(200, "epochs, warm-up epochs included", "positive")
+    warmup: int = option(0, "first epochs that only synthesise (no KD step, no LR step; §10.7, §11.7)",
+                         "non_negative")
+    batch_size: int = option(256, "student (KD) batch B, global across ranks", "positive")
+    synthesis_batch_size: int | None = option(None, "Bs, global across ranks (unset: = B)", "positive")
+    ep_steps: int = option(400, "KD steps per epoch", "positive")
+    kd_steps: int = option(400, "KD steps per synthesis round", "positive")
+    g_steps: int | None = option(1, "synthesis iterations per round", "positive")
+    lr: float = option(0.1, "student learning rate", "positive")
+    optimizer: str = option("sgd", "student optimizer: sgd (momentum, weight decay) or adam (DAFL MNIST, §20.1)",
+                            choices=("sgd", "adam"))
+    lr_schedule: str = option("cosine", "student learning rate per KD epoch: cosine to --eta_min (§3.3) or constant",
+                              choices=("cosine", "constant"))
+    eta_min: float = option(0.0, "floor of the cosine schedule", "non_negative")
+    momentum: float = option(0.9, "student SGD momentum", "non_negative")
+    weight_decay: float = option(1e-4, "student weight decay", "non_negative")
+    lr_g: float | None = option(1e-3, "generator / pixel / latent learning rate", "positive")
+    beta1: float = option(0.5, "Adam beta1 of the synthesizer", "unit")
+    beta2: float = option(0.999, "Adam beta2 of the synthesizer", "unit")
+    T: float = option(20.0, "KD temperature", "positive")
+    adv: float = option(0.0, "adversarial (teacher-student disagreement) weight")
+    bn: float = option(0.0, "BN-statistics matching weight (§3.2)")
+    oh: float = option(0.0, "one-hot / target-label cross-entropy weight")
+
+    def derive(self) -> None:
+        super().derive()
+        if self.synthesis_batch_size is None:
+            self.set("synthesis_batch_size", self.batch_size)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.kd_steps > self.ep_steps:
+            raise UsageError(f"--kd_steps ({self.kd_steps}) exceeds --ep_steps ({self.ep_steps}): "
+                             "an epoch would have no synthesis round")
+        if self.warmup >= self.epochs:
+            raise UsageError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs})")
+
+
 class Synthesizer:
     """Base class: the setup, the options all methods share, the KD criterion, the RNG streams.
 
@@ -116,12 +182,8 @@ class Synthesizer:
     how many KD batches were augmented in between).
     """
 
-    #: Method defaults (§4.7, §5.8) for every option the method reads; the driver's flags
-    #: default to None and are resolved from here.
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
-    #: Per-dataset overrides of DEFAULTS, for methods whose published settings differ by dataset
-    #: (e.g. CuDFKD's CIFAR-100 main row, §5.8): ``{"cifar100": {...}}``.
-    DATASET_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The options the method reads: a subclass of :class:`LoopOptions` (see :mod:`datafree.options`).
+    Options: ClassVar[type[LoopOptions]] = LoopOptions
     #: Why the method cannot run at all on a teacher without BatchNorm layers (e.g. CMI's instance
     #: features are the inputs of the teacher's BN layers, §4.5), or "" when it can (§20).
     requires_batchnorm: ClassVar[str] = ""
@@ -131,22 +193,23 @@ class Synthesizer:
     #: the KD step then runs both networks with ``return_features=True``.
     needs_features: ClassVar[bool] = False
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    def __init__(self, setup: SynthesisSetup, options: LoopOptions) -> None:
         self.setup = setup
+        self.options = options
         self.teacher = setup.teacher
         self.student = setup.student
         self.normalizer = setup.normalizer
         self.device = setup.device
-        self.temperature = float(options["T"])
+        self.temperature = options.T
         # Options every method has (§4.7): synthesis optimiser and the shared loss weights.
-        self.synthesis_lr = float(options["lr_g"])
-        self.betas = (float(options["beta1"]), float(options["beta2"]))
-        self.adv = float(options["adv"])
-        self.bn = float(options["bn"])
-        self.oh = float(options["oh"])
+        self.synthesis_lr = options.lr_g
+        self.betas = (options.beta1, options.beta2)
+        self.adv = options.adv
+        self.bn = options.bn
+        self.oh = options.oh
         # BN-statistics loss (§3.2); Fast and NAYER blend past batches' statistics with momentum
         # --bn_mmt (§10.4).
-        self.bn_hook = (BatchNormStatisticsHook(self.teacher, momentum=float(options.get("bn_mmt", 0.0)))
+        self.bn_hook = (BatchNormStatisticsHook(self.teacher, momentum=getattr(options, "bn_mmt", 0.0))
                         if self.bn > 0 else None)
         # fp16 only: the synthesis losses are scaled so that small gradients through fp16
         # activations do not underflow (issue: speed; §7 item 22). A no-op in bf16 and fp32.
@@ -156,37 +219,16 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ options
     @classmethod
-    def defaults_for(cls, dataset: str) -> dict[str, Any]:
-        """DEFAULTS with the dataset's overrides applied (a run without launcher takes the dataset's
-        main row, not values of another dataset)."""
-        return {**cls.DEFAULTS, **cls.DATASET_DEFAULTS.get(dataset, {})}
-
-    @classmethod
-    def deviations(cls, options: Mapping[str, Any]) -> list[str]:
+    def deviations(cls, options: LoopOptions) -> list[str]:
         """Ways in which this configuration departs from the paper, printed at start (e.g. NAYER
         without CLIP label embeddings, §11.3)."""
         return []
 
     @classmethod
-    def batchnorm_terms(cls, options: Mapping[str, Any]) -> list[str]:
+    def batchnorm_terms(cls, options: LoopOptions) -> list[str]:
         """The options whose (positive) loss terms read the teacher's BN layers: ``bn`` (§3.2). A
         teacher without BN layers refuses them in one line instead of a silent zero (§20)."""
-        return ["bn"] if float(options.get("bn", 0.0)) > 0 else []
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """Add flags that only this class reads (default None, resolved from DEFAULTS).
-
-        Called once per class that defines it (not per registered subclass): do not call super().
-        """
-
-    @classmethod
-    def finalize_options(cls, options: dict[str, Any]) -> None:
-        """Derive options that depend on others (e.g. on the dataset), in place, after defaults."""
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        """Raise UsageError with a one-line message for inconsistent options."""
+        return ["bn"] if options.bn > 0 else []
 
     # ------------------------------------------------------------------ loop hooks
     def begin_epoch(self, epoch: int) -> dict[str, float]:

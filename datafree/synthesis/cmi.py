@@ -31,7 +31,7 @@ head is the only module shared across ranks (:meth:`CMISynthesizer.distribute`).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -44,7 +44,8 @@ from datafree.errors import UsageError
 from datafree.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.pool import MemoryBank
-from datafree.synthesis.base import SynthesisSetup, TestPreset
+from datafree.options import option
+from datafree.synthesis.base import LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: Area range of the local view's random resized crop (§4.5).
@@ -68,49 +69,45 @@ class CMISynthesizer(PooledSynthesizer):
 
     requires_batchnorm = "its contrastive prior's instance features are the inputs of the teacher's BN layers (§4.5)"
 
-    #: §4.7 CMI row.
     TEST_PRESET = TestPreset(tiny_flags=("--bank_size", "64", "--n_neg", "16"),
                              learning_flags=("--epochs", "3", "--ep_steps", "30", "--kd_steps", "30", "--g_steps",
                                              "30", "--ngf", "16", "--bank_size", "512", "--n_neg", "64"))
-    DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
-                "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
-                "adv": 0.5, "bn": 1.0, "oh": 1.0, "cr": 0.8, "cr_T": 0.2, "nz": 256, "ngf": 64,
-                "bank_size": 40960, "n_neg": 4096, "head_dim": 256}
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class Options(LatentOptions, WidthOptions, PooledSynthesizer.Options):
+        """CMI options (§4.5)"""
+
+        #: §4.7 CMI row.
+        DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
+                    "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
+                    "adv": 0.5, "bn": 1.0, "oh": 1.0, "nz": 256, "ngf": 64}
+
+        cr: float = option(0.8, "CMI contrastive loss weight")
+        cr_T: float = option(0.2, "CMI contrastive temperature", "positive")
+        bank_size: int = option(40960, "CMI memory-bank capacity in rows", "positive")
+        n_neg: int = option(4096, "CMI cached negatives per iteration", "positive")
+        head_dim: int = option(256, "CMI projection-head output size", "positive")
+
+        def validate(self) -> None:
+            super().validate()
+            if self.synthesis_batch_size > self.bank_size:
+                raise UsageError(f"--synthesis_batch_size ({self.synthesis_batch_size}) exceeds --bank_size "
+                                 f"({self.bank_size}): a CMI bank the synthesis batch cannot fill")
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.cr = float(options["cr"])
-        self.cr_temperature = float(options["cr_T"])
-        self.latent_dim = int(options["nz"])
-        self.negative_count = int(options["n_neg"])
-        self.image_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]), img_size=setup.image_size,
+        self.cr = options.cr
+        self.cr_temperature = options.cr_T
+        self.latent_dim = options.nz
+        self.negative_count = options.n_neg
+        self.image_generator = GeneratorS(nz=self.latent_dim, ngf=options.ngf, img_size=setup.image_size,
                                           out_channels=setup.channels).to(setup.device)
         self.feature_hook = InstanceFeatureHook(instance_feature_modules(self.teacher))
         self.feature_dim = self.probe_feature_dim()
-        self.head = ProjectionHead(self.feature_dim, int(options["head_dim"])).to(setup.device)
+        self.head = ProjectionHead(self.feature_dim, options.head_dim).to(setup.device)
         self.trained_head: nn.Module = self.head   # DDP-wrapped by distribute()
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.synthesis_lr)
-        self.bank = MemoryBank(int(options["bank_size"]), 2 * self.feature_dim, device=setup.device)
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--bank_size", type=int, default=None, help="CMI memory-bank capacity in rows (40960)")
-        group.add_argument("--n_neg", type=int, default=None, help="CMI cached negatives per iteration (4096)")
-        group.add_argument("--head_dim", type=int, default=None, help="CMI projection-head output size (256)")
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if int(options["g_steps"]) < 1:
-            raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
-        if int(options["synthesis_batch_size"]) > int(options["bank_size"]):
-            raise UsageError(f"--synthesis_batch_size ({options['synthesis_batch_size']}) exceeds --bank_size "
-                             f"({options['bank_size']}): a CMI bank the synthesis batch cannot fill")
-        if int(options["n_neg"]) < 1:
-            raise UsageError(f"--n_neg must be positive, got {options['n_neg']}")
-        if int(options["head_dim"]) < 1:
-            raise UsageError(f"--head_dim must be positive, got {options['head_dim']}")
-        if float(options["cr_T"]) <= 0:
-            raise UsageError(f"--cr_T must be positive, got {options['cr_T']}")
+        self.bank = MemoryBank(options.bank_size, 2 * self.feature_dim, device=setup.device)
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Share the persistent projection head across ranks (DDP averages its gradients)."""

@@ -19,8 +19,7 @@ no ``--memory`` pool exists (§5.7). One generator step per ``kd_steps`` (10) KD
 """
 from __future__ import annotations
 
-import argparse
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -30,8 +29,9 @@ from datafree.criterions import (activation_loss, adversarial_js_ref, adversaria
                                  l1_logits, l2_logits, per_sample_kl, pseudo_label_cross_entropy)
 from datafree.errors import UsageError
 from datafree.models import CurriculumGenerator, reset_generator_init
+from datafree.options import option
 from datafree.synthesis.base import SynthesisSetup
-from datafree.synthesis.generative import GENERATIVE_DEFAULTS, GenerativeSynthesizer
+from datafree.synthesis.generative import GenerativeSynthesizer
 
 #: Temperature of the adversarial KL / JS in the generator loss (§5.2: τ = 3, ×τ²).
 ADVERSARIAL_TEMPERATURE = 3.0
@@ -40,91 +40,83 @@ ADVERSARIAL_TEMPERATURE = 3.0
 class CuDFKDSynthesizer(GenerativeSynthesizer):
     """CuDFKD: curriculum generator + self-paced student loss (§5)."""
 
-    #: §5.8 common settings and the main CIFAR-10 resnet34→resnet18 row (B 512, l1, T 20, λ_0 2, adv 0,
-    #: grad_adv 0.5, ramp .25/.75; its seed 30 is the launcher's). CIFAR-100 takes its main row, the
-    #: paper-era (2022-09-04) resnet34→resnet18 script (DATASET_DEFAULTS). The pace growth α follows the
-    #: dataset (finalize_options). Other rows: their launchers under scripts/cudfkd/ carry them.
-    DEFAULTS = {**GENERATIVE_DEFAULTS, "batch_size": 512, "epochs": 250, "ep_steps": 400, "kd_steps": 10,
-                "g_steps": 1, "lr": 0.1, "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512,
-                "oh": 1.0, "bn": 1.0, "act": 0.0, "balance": 20.0, "adv": 0.0, "lambda_0": 2.0,
-                "depth": 2, "loss": "l1", "curr_option": "curr_log", "adv_type": "kl", "adv_mask": "on",
-                "spl_granularity": "sample", "grad_adv": 0.5, "begin_fraction": 0.25, "end_fraction": 0.75}
-    #: §5.8 CIFAR-100 resnet34→resnet18 row in its paper-era state (adv 0, grad_adv 0.35, no memory).
-    DATASET_DEFAULTS = {"cifar100": {"batch_size": 768, "epochs": 300, "loss": "l1", "T": 5.0, "lambda_0": 1.0,
-                                     "adv": 0.0, "grad_adv": 0.35, "begin_fraction": 0.2, "end_fraction": 0.8}}
+    @dataclass(frozen=True)
+    class Options(GenerativeSynthesizer.Options):
+        """CuDFKD and AdaDFKD options (§5, §12)"""
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
-        self.depth = int(options["depth"])
+        #: §5.8 common settings and the main CIFAR-10 resnet34→resnet18 row (B 512, l1, T 20, λ_0 2, adv 0,
+        #: grad_adv 0.5, ramp .25/.75; its seed 30 is the launcher's). CIFAR-100 takes its main row, the
+        #: paper-era (2022-09-04) resnet34→resnet18 script (ROWS). The pace growth α follows the dataset
+        #: (``derive``). Other rows: their launchers under scripts/cudfkd/ carry them.
+        DEFAULTS = {"batch_size": 512, "epochs": 250, "ep_steps": 400, "kd_steps": 10, "g_steps": 1, "lr": 0.1,
+                    "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512, "oh": 1.0, "bn": 1.0,
+                    "act": 0.0, "balance": 20.0, "adv": 0.0}
+        #: §5.8 CIFAR-100 resnet34→resnet18 row in its paper-era state (adv 0, grad_adv 0.35, no memory).
+        ROWS = {"cifar100": {"batch_size": 768, "epochs": 300, "loss": "l1", "T": 5.0, "lambda_0": 1.0,
+                             "adv": 0.0, "grad_adv": 0.35, "begin_fraction": 0.2, "end_fraction": 0.8}}
+
+        loss: str = option("l1", "per-sample student loss ℓ_i (§5.3)", choices=("l1", "l2", "kl"))
+        curr_option: str = option("curr_log", "self-paced weight function; none = plain batch loss",
+                                  choices=tuple(curriculum.CURRICULUM_OPTIONS))
+        spl_granularity: str = option("sample", "self-paced weights per sample (CuDFKD) or one weight on the "
+                                                "batch-mean loss (AdaDFKD; some CuDFKD commits, §5.3)",
+                                      choices=("sample", "batch"))
+        lambda_0: float = option(2.0, "initial pace λ_0 (§5.8)")
+        lambda_growth: float | None = option(None, "pace growth α per KD step (unset: 1e-4 on cifar10, 2e-5 "
+                                                   "otherwise, §5.4)")
+        lambda_end: float | None = option(None, "derive α so that λ reaches this value at the last KD step")
+        begin_fraction: float = option(0.25, "adversarial ramp start (×epochs)", "fraction")
+        end_fraction: float = option(0.75, "adversarial ramp end (×epochs)", "fraction")
+        grad_adv: float = option(0.5, "adversarial weight increase per epoch")
+        lmda_ent: float | None = option(None, "[REF] entropy weight; the loss adds lmda_ent·H, so −20 maximises "
+                                              "H. Overrides --balance (balance = −lmda_ent)")
+        adv_type: str = option("kl", "adversarial term (§5.2)", choices=("kl", "js"))
+        adv_mask: str = option("on", "adversarial KL only on samples where student and teacher agree (CuDFKD on, "
+                                     "AdaDFKD off, §12.4)", choices=("on", "off"))
+        depth: int = option(2, "G-Cu depth d (2 for 32 px)", "positive")
+
+        def derive(self) -> None:
+            """The pace growth from --lambda_end or the dataset (§5.4); balance from lmda_ent (§5.2)."""
+            super().derive()
+            if self.lambda_end is not None and self.lambda_growth is not None:
+                raise UsageError("give either --lambda_growth or --lambda_end, not both")
+            if self.lambda_end is not None:
+                total_steps = self.epochs * (self.ep_steps // self.kd_steps) * self.kd_steps
+                self.set("lambda_growth", curriculum.pace_growth_from_end(self.lambda_0, self.lambda_end,
+                                                                          total_steps))
+            elif self.lambda_growth is None:
+                self.set("lambda_growth", curriculum.default_pace_growth(self.dataset))
+            if self.lmda_ent is not None:
+                self.set("balance", -float(self.lmda_ent))
+
+        def validate(self) -> None:
+            super().validate()
+            if not self.begin_fraction <= self.end_fraction:
+                raise UsageError("need 0 <= --begin_fraction <= --end_fraction <= 1, got "
+                                 f"{self.begin_fraction} and {self.end_fraction}")
+            if self.generator != "G-L" or self.gen_output != "sigmoid":
+                raise UsageError("--generator / --gen_output do not apply to the curriculum methods: they build "
+                                 "the curriculum generator G-Cu (set its depth with --depth)")
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
+        self.depth = options.depth
         super().__init__(setup, options)
-        self.loss_type = options["loss"]
-        self.weight_kind = curriculum.weight_kind(options["curr_option"])
-        self.per_batch_weights = options["spl_granularity"] == "batch"
-        self.adv_type = options["adv_type"]
-        self.adv_mask = options["adv_mask"] == "on"
-        self.initial_adv = float(options["adv"])
-        self.grad_adv = float(options["grad_adv"])
-        self.begin_fraction = float(options["begin_fraction"])
-        self.end_fraction = float(options["end_fraction"])
-        self.lambda_0 = float(options["lambda_0"])
-        self.pace_growth = float(options["lambda_growth"])
-        self.kd_steps_per_epoch = (int(options["ep_steps"]) // int(options["kd_steps"])) * int(options["kd_steps"])
+        self.loss_type = options.loss
+        self.weight_kind = curriculum.weight_kind(options.curr_option)
+        self.per_batch_weights = options.spl_granularity == "batch"
+        self.adv_type = options.adv_type
+        self.adv_mask = options.adv_mask == "on"
+        self.initial_adv = options.adv
+        self.grad_adv = options.grad_adv
+        self.begin_fraction = options.begin_fraction
+        self.end_fraction = options.end_fraction
+        self.lambda_0 = options.lambda_0
+        self.pace_growth = options.lambda_growth
+        self.kd_steps_per_epoch = (options.ep_steps // options.kd_steps) * options.kd_steps
         self.adv = curriculum.adv_weight(0, setup.epochs, self.initial_adv, self.grad_adv,
                                          self.begin_fraction, self.end_fraction)
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--loss", choices=["l1", "l2", "kl"], default=None,
-                           help="per-sample student loss ℓ_i (§5.3; default l1)")
-        group.add_argument("--curr_option", choices=list(curriculum.CURRICULUM_OPTIONS), default=None,
-                           help="self-paced weight function (default curr_log); none = plain batch loss")
-        group.add_argument("--spl_granularity", choices=["sample", "batch"], default=None,
-                           help="self-paced weights per sample (CuDFKD default) or one weight on the batch-mean "
-                                "loss (AdaDFKD default; some CuDFKD commits, §5.3)")
-        group.add_argument("--lambda_0", type=float, default=None,
-                           help="initial pace λ_0 (default 2.0 on cifar10, 1.0 on cifar100, §5.8)")
-        group.add_argument("--lambda_growth", type=float, default=None,
-                           help="pace growth α per KD step (default 1e-4 cifar10, 2e-5 otherwise, §5.4)")
-        group.add_argument("--lambda_end", type=float, default=None,
-                           help="derive α so that λ reaches this value at the last KD step")
-        group.add_argument("--begin_fraction", type=float, default=None, help="adversarial ramp start (×epochs)")
-        group.add_argument("--end_fraction", type=float, default=None, help="adversarial ramp end (×epochs)")
-        group.add_argument("--grad_adv", type=float, default=None, help="adversarial weight increase per epoch")
-        group.add_argument("--lmda_ent", type=float, default=None,
-                           help="[REF] entropy weight; the loss adds lmda_ent·H, so −20 maximises H. "
-                                "Overrides --balance (balance = −lmda_ent)")
-        group.add_argument("--adv_type", choices=["kl", "js"], default=None, help="adversarial term (§5.2)")
-        group.add_argument("--adv_mask", choices=["on", "off"], default=None,
-                           help="adversarial KL only on samples where student and teacher agree (CuDFKD on, "
-                                "AdaDFKD off, §12.4)")
-        group.add_argument("--depth", type=int, default=None, help="G-Cu depth d (2 for 32 px)")
-
-    @classmethod
-    def finalize_options(cls, options: dict[str, Any]) -> None:
-        """Dataset-dependent pace growth (§5.4) and the lmda_ent -> balance mapping (§5.2)."""
-        if options.get("lambda_end") is not None and options.get("lambda_growth") is not None:
-            raise UsageError("give either --lambda_growth or --lambda_end, not both")
-        if options.get("lambda_end") is not None:
-            total_steps = options["epochs"] * (options["ep_steps"] // options["kd_steps"]) * options["kd_steps"]
-            options["lambda_growth"] = curriculum.pace_growth_from_end(options["lambda_0"], options["lambda_end"],
-                                                                       total_steps)
-        elif options.get("lambda_growth") is None:
-            options["lambda_growth"] = curriculum.default_pace_growth(options["dataset"])
-        if options.get("lmda_ent") is not None:
-            options["balance"] = -float(options["lmda_ent"])
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        if not 0 <= options["begin_fraction"] <= options["end_fraction"] <= 1:
-            raise UsageError("need 0 <= --begin_fraction <= --end_fraction <= 1, got "
-                             f"{options['begin_fraction']} and {options['end_fraction']}")
-        if options["depth"] < 1:
-            raise UsageError(f"--depth must be at least 1, got {options['depth']}")
-        if options["generator"] != "G-L" or options["gen_output"] != "sigmoid":
-            raise UsageError(f"--generator / --gen_output do not apply to --method {options['method']}: it builds "
-                             "the curriculum generator G-Cu (set its depth with --depth)")
-
-    def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
+    def build_generator(self, options: Options) -> nn.Module:
         """G-Cu with the §1.7 initialisation applied once, from the run's seed."""
         network = CurriculumGenerator(nz=self.latent_dim, ngf=self.generator_width, depth=self.depth,
                                       img_size=self.setup.image_size, out_channels=self.setup.channels)

@@ -12,8 +12,9 @@ oh 1, act 0.1 and the information-entropy weight 5 on a base-10 logarithm, i.e. 
 the natural-log class-balance term (the same gradients).
 """
 import math
+from dataclasses import dataclass
 
-from datafree.synthesis.generative import GENERATIVE_DEFAULTS, GenerativeSynthesizer
+from datafree.synthesis.generative import GenerativeSynthesizer
 
 #: DAFL-train.py's MNIST settings (§20.1).
 MNIST_ROW = {"batch_size": 512, "epochs": 200, "ep_steps": 120, "kd_steps": 1, "g_steps": 1,
@@ -26,6 +27,7 @@ MNIST_ROW = {"batch_size": 512, "epochs": 200, "ep_steps": 120, "kd_steps": 1, "
 class DAFLSynthesizer(GenerativeSynthesizer):
     """DAFL: the shared generative synthesizer with DAFL's weights (§4.7 row DAFL; MNIST §20.1)."""
 
-    DEFAULTS = {**GENERATIVE_DEFAULTS, "nz": 512, "kd_steps": 5,
-                "oh": 1.0, "act": 0.001, "balance": 20.0, "bn": 0.0, "adv": 0.0}
-    DATASET_DEFAULTS = {"mnist": MNIST_ROW}
+    @dataclass(frozen=True)
+    class Options(GenerativeSynthesizer.Options):
+        DEFAULTS = {"nz": 512, "kd_steps": 5, "oh": 1.0, "act": 0.001, "balance": 20.0, "bn": 0.0, "adv": 0.0}
+        ROWS = {"mnist": MNIST_ROW}

@@ -35,8 +35,8 @@ meta-generator (§10.11).
 """
 from __future__ import annotations
 
-import argparse
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -45,7 +45,8 @@ import torch.nn as nn
 
 from datafree.errors import UsageError
 from datafree.models import GeneratorS
-from datafree.synthesis.base import SynthesisSetup, TestPreset
+from datafree.options import option
+from datafree.synthesis.base import BNMomentumOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 
 #: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
@@ -65,26 +66,55 @@ RESET_STD = 0.02
 class FastSynthesizer(PooledSynthesizer):
     """FastDFKD (§10): a meta-learned G-S, cloned and adapted for k steps per batch, pooled images."""
 
-    #: §10.11 defaults (wrn40_2 row, both datasets, §10.8). ``g_steps``, ``lr_g`` and ``lr_z`` come from
-    #: ``--fast_variant`` (default fast10) unless given; ``reset_l0_epoch`` defaults to warmup + 119.
-    #: ``synthesis_batch_size`` is left to the driver, which ties it to the batch: Bs = B = 256 (§10.8).
     #: docs/METHODS.md §10.12
     TEST_PRESET = TestPreset(tiny_flags=("--warmup", "0", "--synthesis_batch_size", "8"),
                              learning_flags=("--epochs", "5", "--warmup", "1", "--ep_steps", "30", "--kd_steps", "10",
                                              "--g_steps", "5", "--ngf", "16"), fp16_backoffs=1)
-    DEFAULTS = {"batch_size": 256, "epochs": 220, "warmup": 20, "ep_steps": 400,
-                "kd_steps": 400, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
-                "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64,
-                "fast_meta": "fomaml", "fast_variant": "fast10"}
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class Options(LatentOptions, WidthOptions, BNMomentumOptions, PooledSynthesizer.Options):
+        """FastDFKD options (§10)"""
+
+        #: §10.11 defaults (wrn40_2 row, both datasets, §10.8). ``g_steps``, ``lr_g`` and ``lr_z`` come from
+        #: ``--fast_variant`` unless given; ``reset_l0_epoch`` defaults to warmup + 119. ``synthesis_batch_size``
+        #: is tied to the batch: Bs = B = 256 (§10.8).
+        DEFAULTS = {"batch_size": 256, "epochs": 220, "warmup": 20, "ep_steps": 400, "kd_steps": 400,
+                    "g_steps": None, "lr_g": None, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999,
+                    "T": 20.0, "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64}
+
+        fast_variant: str = option("fast10", "Fast-k row of §10.8: sets --g_steps, --lr_g, --lr_z unless given",
+                                   choices=sorted(FAST_VARIANTS))
+        fast_meta: str = option("fomaml", "meta-gradient: FOMAML sum of the inner gradients or Reptile ×67",
+                                choices=("fomaml", "reptile"))
+        lr_z: float | None = option(None, "Fast latent learning rate (unset: the variant's)", "positive")
+        reset_l0_epoch: int | None = option(None, "epoch at which Fast re-initialises the meta-generator's Linear "
+                                                  "and first BN (unset: warmup + 119; -1 = never)")
+
+        def derive(self) -> None:
+            """``g_steps``/``lr_g``/``lr_z`` from ``--fast_variant`` where not given, and the reset epoch."""
+            super().derive()
+            for key, value in FAST_VARIANTS[self.fast_variant].items():
+                if getattr(self, key) is None:
+                    self.set(key, value)
+            if self.reset_l0_epoch is None:
+                self.set("reset_l0_epoch", self.warmup + RESET_EPOCHS_AFTER_WARMUP)
+
+        def validate(self) -> None:
+            super().validate()
+            if self.reset_l0_epoch < -1:
+                raise UsageError(f"--reset_l0_epoch must be an epoch index >= 0, or -1 for no reset; "
+                                 f"got {self.reset_l0_epoch}")
+            if max(self.bn, self.oh) <= 0:
+                raise UsageError("FastDFKD needs --bn or --oh above 0 (the adversarial term alone is off in warm-up)")
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.latent_dim = int(options["nz"])
-        self.latent_lr = float(options["lr_z"])
-        self.meta_rule = str(options["fast_meta"])
-        self.warmup = int(options["warmup"])
-        self.reset_epoch = int(options["reset_l0_epoch"])
-        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=int(options["ngf"]), img_size=setup.image_size,
+        self.latent_dim = options.nz
+        self.latent_lr = options.lr_z
+        self.meta_rule = options.fast_meta
+        self.warmup = options.warmup
+        self.reset_epoch = options.reset_l0_epoch
+        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=options.ngf, img_size=setup.image_size,
                                          out_channels=setup.channels).to(setup.device)
         # θ': one module for every synthesis, overwritten with θ at the start of each call.
         self.fast_generator = copy.deepcopy(self.meta_generator)
@@ -92,37 +122,6 @@ class FastSynthesizer(PooledSynthesizer):
                                                lr=self.synthesis_lr * self.g_steps, betas=self.betas)
         self.reset_done = False
         self.adversarial_open = self.gate_open(0)
-
-    # ------------------------------------------------------------------ options
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--fast_variant", choices=sorted(FAST_VARIANTS), default=None,
-                           help="Fast-k row of §10.8: sets --g_steps, --lr_g, --lr_z unless given (fast10)")
-        group.add_argument("--fast_meta", choices=["fomaml", "reptile"], default=None,
-                           help="meta-gradient: FOMAML sum of the inner gradients or Reptile ×67 (fomaml)")
-        group.add_argument("--lr_z", type=float, default=None, help="Fast latent learning rate (variant's)")
-        group.add_argument("--reset_l0_epoch", type=int, default=None,
-                           help="epoch at which Fast re-initialises the meta-generator's Linear and first BN "
-                                "(default warmup + 119; -1 = never)")
-
-    @classmethod
-    def finalize_options(cls, options: dict[str, Any]) -> None:
-        """Fill ``g_steps``/``lr_g``/``lr_z`` from ``--fast_variant`` where not given, and the reset epoch."""
-        for key, value in FAST_VARIANTS[options["fast_variant"]].items():
-            if options.get(key) is None:
-                options[key] = value
-        if options.get("reset_l0_epoch") is None:
-            options["reset_l0_epoch"] = int(options["warmup"]) + RESET_EPOCHS_AFTER_WARMUP
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if float(options["lr_z"]) <= 0:
-            raise UsageError(f"--lr_z must be positive, got {options['lr_z']}")
-        if int(options["reset_l0_epoch"]) < -1:
-            raise UsageError(f"--reset_l0_epoch must be an epoch index >= 0, or -1 for no reset; "
-                             f"got {options['reset_l0_epoch']}")
-        if max(float(options["bn"]), float(options["oh"])) <= 0:
-            raise UsageError("FastDFKD needs --bn or --oh above 0 (the adversarial term alone is off in warm-up)")
 
     # ------------------------------------------------------------------ loop hooks
     def gate_open(self, epoch: int) -> bool:

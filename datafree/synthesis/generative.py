@@ -17,7 +17,7 @@ Generator loss (all three baselines share it; the weights select the method)::
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -27,15 +27,9 @@ from datafree.criterions import activation_loss, class_balance_loss, kl_divergen
 from datafree.errors import UsageError
 from datafree.models import LargeGenerator, ReferenceGenerator
 from datafree.models.generators import GENERATOR_OUTPUTS
-from datafree.synthesis.base import SynthesisSetup, Synthesizer
+from datafree.options import option
+from datafree.synthesis.base import LatentOptions, SynthesisSetup, Synthesizer, WidthOptions
 
-#: Options every persistent-generator method reads (values here are §4.7's DAFL row).
-GENERATIVE_DEFAULTS: dict[str, Any] = {
-    "batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 5, "g_steps": 1,
-    "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 1.0,
-    "adv": 0.0, "bn": 0.0, "oh": 1.0, "balance": 20.0, "act": 0.001, "nz": 512, "ngf": 64,
-    "gen_sample_mode": "eval", "generator": "G-L", "gen_output": "sigmoid", "gen_bn_eps": 1e-5,
-}
 #: Generator bodies of the persistent-generator methods (§1.7, §20.1).
 GENERATOR_BODIES = ("G-L", "G-D")
 
@@ -43,17 +37,45 @@ GENERATOR_BODIES = ("G-L", "G-D")
 class GenerativeSynthesizer(Synthesizer):
     """A persistent generator trained against the teacher (and optionally the student)."""
 
-    DEFAULTS = GENERATIVE_DEFAULTS
+    @dataclass(frozen=True)
+    class Options(LatentOptions, WidthOptions, Synthesizer.Options):
+        """persistent-generator options (DAFL, ZSKT, DFQ, CuDFKD; §4.1-§4.3, §20.1)"""
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+        #: §4.7's DAFL row: the values every persistent-generator method starts from.
+        DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 5, "g_steps": 1,
+                    "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 1.0,
+                    "adv": 0.0, "bn": 0.0, "oh": 1.0, "nz": 512, "ngf": 64}
+
+        balance: float = option(20.0, "class balance (batch-mean entropy) weight")
+        act: float = option(0.001, "DAFL activation prior weight")
+        gen_sample_mode: str = option(
+            "eval", "KD batches: fresh latents with generator BN in eval ([REF]) or train mode, or 'last': the images "
+                    "of the round's last generator step (DAFL MNIST, §20.1)", choices=("eval", "train", "last"))
+        generator: str = option("G-L", "generator body: G-L or G-D, the DAFL/DFAD reference body (§20.1)",
+                                choices=GENERATOR_BODIES)
+        gen_output: str = option("sigmoid", "G-D output: sigmoid pixels through the dataset normaliser, or "
+                                            "normalized (Tanh + affine-free BN, no normaliser; DAFL/DFAD, §20.1)",
+                                 choices=GENERATOR_OUTPUTS)
+        gen_bn_eps: float = option(1e-5, "eps of G-D's inner BNs (DAFL's code 0.8, §20.1)", "positive")
+
+        def validate(self) -> None:
+            super().validate()
+            if self.generator == "G-L" and self.gen_output != "sigmoid":
+                raise UsageError("--gen_output normalized needs --generator G-D (G-L ends in a sigmoid)")
+            if self.gen_sample_mode == "last" and (self.kd_steps != 1
+                                                   or self.synthesis_batch_size != self.batch_size):
+                raise UsageError("--gen_sample_mode last distils on the generator's batch: it needs --kd_steps 1 "
+                                 "and --synthesis_batch_size equal to --batch_size")
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.latent_dim = int(options["nz"])
-        self.generator_width = int(options["ngf"])
-        self.g_steps = int(options["g_steps"])
-        self.balance = float(options["balance"])
-        self.act = float(options["act"])
-        self.sample_mode = options["gen_sample_mode"]
-        self.normalized_output = options["gen_output"] == "normalized"
+        self.latent_dim = options.nz
+        self.generator_width = options.ngf
+        self.g_steps = options.g_steps
+        self.balance = options.balance
+        self.act = options.act
+        self.sample_mode = options.gen_sample_mode
+        self.normalized_output = options.gen_output == "normalized"
         # Images of a normalised-output generator are already in model space (§20.1).
         self.to_model_space: nn.Module = nn.Identity() if self.normalized_output else self.normalizer
         self.image_generator = self.build_generator(options).to(setup.device)
@@ -62,32 +84,6 @@ class GenerativeSynthesizer(Synthesizer):
         self.trained_generator: nn.Module = self.image_generator  # DDP-wrapped by distribute()
         self.last_images: torch.Tensor | None = None
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--gen_sample_mode", choices=["eval", "train", "last"], default=None,
-                           help="KD batches: fresh latents with generator BN in eval (default, [REF]) or train "
-                                "mode, or 'last': the images of the round's last generator step (DAFL MNIST, §20.1)")
-        group.add_argument("--generator", choices=GENERATOR_BODIES, default=None,
-                           help="generator body: G-L (default) or G-D, the DAFL/DFAD reference body (§20.1)")
-        group.add_argument("--gen_output", choices=GENERATOR_OUTPUTS, default=None,
-                           help="G-D output: sigmoid pixels through the dataset normaliser, or normalized "
-                                "(Tanh + affine-free BN, no normaliser; DAFL/DFAD, §20.1)")
-        group.add_argument("--gen_bn_eps", type=float, default=None,
-                           help="eps of G-D's inner BNs (1e-5; DAFL's code 0.8, §20.1)")
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        if int(options["g_steps"]) < 1:
-            raise UsageError(f"--g_steps must be positive, got {options['g_steps']}")
-        if options["generator"] == "G-L" and options["gen_output"] != "sigmoid":
-            raise UsageError("--gen_output normalized needs --generator G-D (G-L ends in a sigmoid)")
-        if not float(options["gen_bn_eps"]) > 0:
-            raise UsageError(f"--gen_bn_eps must be positive, got {options['gen_bn_eps']}")
-        if options["gen_sample_mode"] == "last" and (
-                int(options["kd_steps"]) != 1 or options["synthesis_batch_size"] != options["batch_size"]):
-            raise UsageError("--gen_sample_mode last distils on the generator's batch: it needs --kd_steps 1 and "
-                             "--synthesis_batch_size equal to --batch_size")
-
     def distribute(self, wrap) -> None:
         """Share the generator across ranks: its gradients are averaged by DDP (issue: scale)."""
         self.trained_generator = wrap(self.image_generator)
@@ -95,12 +91,12 @@ class GenerativeSynthesizer(Synthesizer):
     def persistent_parameters(self) -> list[nn.Parameter]:
         return list(self.image_generator.parameters())
 
-    def build_generator(self, options: Mapping[str, Any]) -> nn.Module:
+    def build_generator(self, options: Options) -> nn.Module:
         """G-L (§1.7) or G-D (§20.1) with the method's latent size, PyTorch default init."""
-        if options["generator"] == "G-D":
+        if options.generator == "G-D":
             return ReferenceGenerator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size,
-                                      out_channels=self.setup.channels, bn_eps=float(options["gen_bn_eps"]),
-                                      output=options["gen_output"])
+                                      out_channels=self.setup.channels, bn_eps=options.gen_bn_eps,
+                                      output=options.gen_output)
         return LargeGenerator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size,
                               out_channels=self.setup.channels)
 

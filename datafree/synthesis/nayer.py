@@ -33,7 +33,7 @@ Multi-process runs share nothing: every rank re-creates and trains its own gener
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -42,12 +42,9 @@ import torch.nn as nn
 from datafree import label_embeddings
 from datafree.errors import UsageError
 from datafree.models import NoisyLayerGenerator, reset_default_init
-from datafree.synthesis.base import SynthesisSetup, TestPreset
+from datafree.options import derived, option
+from datafree.synthesis.base import BNMomentumOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
-
-#: NAYER's own options that must be positive integers (checked by ``check_options``).
-POSITIVE_INTEGERS = ("g_loops", "gwp_loops", "g_life", "le_hidden")
-
 
 def balanced_labels(count: int, num_classes: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> torch.Tensor:
@@ -73,7 +70,6 @@ def recreation_epoch(epoch: int, warmup: int, life: int) -> bool:
 class NAYERSynthesizer(PooledSynthesizer):
     """NAYER: noisy-layer generation from label embeddings (§11)."""
 
-    #: §11.8 / §11.11: NAYER-200 on CIFAR-10 (E = 220 including 20 warm-up epochs).
     #: §11.12 with 5 generator steps and Bs 20 (not 10 and 40) for speed; 90-100 % over seeds 0-4.
     TEST_PRESET = TestPreset(tiny_flags=("--warmup", "0", "--synthesis_batch_size", "10", "--g_loops", "1",
                                          "--gwp_loops", "1", "--le_hidden", "64"),
@@ -81,25 +77,56 @@ class NAYERSynthesizer(PooledSynthesizer):
                                              "--g_steps", "5", "--g_loops", "2", "--gwp_loops", "4",
                                              "--synthesis_batch_size", "20", "--ngf", "16", "--label_embeddings",
                                              "random"), fp16_backoffs=1)
-    DEFAULTS = {"batch_size": 512, "synthesis_batch_size": 400, "epochs": 220, "warmup": 20, "ep_steps": 400,
-                "kd_steps": 400, "g_steps": 30, "g_loops": 2, "gwp_loops": 10, "g_life": 10, "lr": 0.2,
-                "eta_min": 2e-4, "lr_g": 4e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0, "adv": 1.33, "bn": 10.0,
-                "oh": 0.5, "bn_mmt": 0.9, "ngf": 64, "le_hidden": 1000,
-                "label_embeddings": label_embeddings.TEACHER_FC, "nayer_ref_student_mode": False}
-    #: §11.8: CIFAR-100 takes 40 generator iterations per batch.
-    DATASET_DEFAULTS = {"cifar100": {"g_steps": 40}}
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class Options(WidthOptions, BNMomentumOptions, PooledSynthesizer.Options):
+        """NAYER options (§11)"""
+
+        #: §11.8 / §11.11: NAYER-200 on CIFAR-10 (E = 220 including 20 warm-up epochs).
+        DEFAULTS = {"batch_size": 512, "synthesis_batch_size": 400, "epochs": 220, "warmup": 20, "ep_steps": 400,
+                    "kd_steps": 400, "g_steps": 30, "lr": 0.2, "eta_min": 2e-4, "lr_g": 4e-3, "beta1": 0.5,
+                    "beta2": 0.999, "T": 20.0, "adv": 1.33, "bn": 10.0, "oh": 0.5, "bn_mmt": 0.9, "ngf": 64}
+        #: §11.8: CIFAR-100 takes 40 generator iterations per batch.
+        ROWS = {"cifar100": {"g_steps": 40}}
+
+        g_loops: int = option(2, "NAYER synthetic batches per epoch after warm-up", "positive")
+        gwp_loops: int = option(10, "NAYER synthetic batches per warm-up epoch", "positive")
+        g_life: int = option(10, "NAYER generator re-creation period in epochs", "positive")
+        le_hidden: int = option(1000, "NAYER noisy-layer output width", "positive")
+        label_embeddings: str = option(
+            label_embeddings.TEACHER_FC, "class embeddings fed to the generator: a C x D .pt/.npy tensor (the paper: "
+            "CLIP ViT-B/32 text features of 'a image of {name}'), or teacher_fc (rows of the teacher's last Linear, "
+            "a deviation) or random (N(0, I) codes, an ablation)")
+        nayer_ref_student_mode: bool = option(
+            False, "NAYER: reproduce the reference's student query in train mode from the second batch of an epoch "
+                   "(updates the student's BN statistics; §11.10 item 1)")
+        #: The embedding file's SHA-256 (None for a keyword), so that config.yaml pins its content (§11.3).
+        label_embeddings_sha256: str | None = derived()
+
+        def derive(self) -> None:
+            super().derive()
+            self.set("label_embeddings_sha256", label_embeddings.source_sha256(self.label_embeddings))
+
+        def validate(self) -> None:
+            super().validate()
+            count, classes = self.synthesis_batch_size, self.num_classes
+            if count % classes:
+                raise UsageError(f"--synthesis_batch_size ({count}) must be a multiple of the class count ({classes}) "
+                                 f"for NAYER's balanced labels (§11.4: every noisy layer makes one image per class); "
+                                 f"pass e.g. {max(1, round(count / classes)) * classes}")
+            label_embeddings.check_source(self.label_embeddings, classes)
+
+    def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
-        self.warmup = int(options["warmup"])
-        self.loops = int(options["g_loops"])
-        self.warmup_loops = int(options["gwp_loops"])
-        self.life = int(options["g_life"])
-        self.ref_student_mode = bool(options["nayer_ref_student_mode"])
+        self.warmup = options.warmup
+        self.loops = options.g_loops
+        self.warmup_loops = options.gwp_loops
+        self.life = options.g_life
+        self.ref_student_mode = options.nayer_ref_student_mode
         embeddings, self.embedding_description = label_embeddings.load_label_embeddings(
-            str(options["label_embeddings"]), setup.num_classes, self.teacher, setup.seed)
+            options.label_embeddings, setup.num_classes, self.teacher, setup.seed)
         self.image_generator = NoisyLayerGenerator(
-            embeddings.to(setup.device), hidden=int(options["le_hidden"]), ngf=int(options["ngf"]),
+            embeddings.to(setup.device), hidden=options.le_hidden, ngf=options.ngf,
             img_size=setup.image_size, batch_size=setup.synthesis_batch_size,
             out_channels=setup.channels).to(setup.device)
         if setup.rank == 0:
@@ -109,42 +136,9 @@ class NAYERSynthesizer(PooledSynthesizer):
         #: epoch does not re-create it a second time.
         self.recreated_epoch = -1
 
-    # ------------------------------------------------------------------ options
     @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument("--label_embeddings", default=None,
-                           help="class embeddings fed to the generator: a C x D .pt/.npy tensor (the paper: CLIP "
-                                "ViT-B/32 text features of 'a image of {name}'), or teacher_fc (default; rows of the "
-                                "teacher's last Linear, a deviation) or random (N(0, I) codes, an ablation)")
-        group.add_argument("--g_loops", type=int, default=None,
-                           help="NAYER synthetic batches per epoch after warm-up (2)")
-        group.add_argument("--gwp_loops", type=int, default=None, help="NAYER synthetic batches per warm-up epoch (10)")
-        group.add_argument("--g_life", type=int, default=None, help="NAYER generator re-creation period in epochs (10)")
-        group.add_argument("--le_hidden", type=int, default=None, help="NAYER noisy-layer output width (1000)")
-        group.add_argument("--nayer_ref_student_mode", action="store_true", default=None,
-                           help="NAYER: reproduce the reference's student query in train mode from the second "
-                                "batch of an epoch (updates the student's BN statistics; §11.10 item 1)")
-
-    @classmethod
-    def finalize_options(cls, options: dict[str, Any]) -> None:
-        """Record the embedding file's SHA-256 (config.yaml; §11.3)."""
-        label_embeddings.record_source(options)
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> None:
-        for key in POSITIVE_INTEGERS:
-            if int(options[key]) < 1:
-                raise UsageError(f"--{key} must be a positive integer, got {options[key]}")
-        count, classes = int(options["synthesis_batch_size"]), int(options["num_classes"])
-        if count % classes:
-            raise UsageError(f"--synthesis_batch_size ({count}) must be a multiple of the class count ({classes}) "
-                             f"for NAYER's balanced labels (§11.4: every noisy layer makes one image per class); "
-                             f"pass e.g. {max(1, round(count / classes)) * classes}")
-        label_embeddings.check_source(str(options["label_embeddings"]), classes)
-
-    @classmethod
-    def deviations(cls, options: Mapping[str, Any]) -> list[str]:
-        return label_embeddings.deviation(options)
+    def deviations(cls, options: Options) -> list[str]:
+        return label_embeddings.deviation(options.label_embeddings)
 
     # ------------------------------------------------------------------ loop hooks
     def loops_for(self, epoch: int) -> int:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from datafree.augment import to_unit_float
 from datafree.criterions import adversarial_kl_masked
 from datafree.pool import ImagePool
-from datafree.synthesis.base import SynthesisSetup, Synthesizer
+from datafree.synthesis.base import LoopOptions, SynthesisSetup, Synthesizer
 
 #: One inversion iterate: the weighted terms of L (name -> (weight, value)) and the tensors to keep
 #: should this iterate be the best one.
@@ -61,9 +61,9 @@ class Inversion:
 class PooledSynthesizer(Synthesizer):
     """Base of ADI and CMI: a device-resident uint8 image pool sampled through the train transform (§3.5)."""
 
-    def __init__(self, setup: SynthesisSetup, options: Mapping[str, Any]) -> None:
+    def __init__(self, setup: SynthesisSetup, options: LoopOptions) -> None:
         super().__init__(setup, options)
-        self.g_steps = int(options["g_steps"])
+        self.g_steps = options.g_steps
         self.pool = ImagePool(device=setup.device)
 
     # ------------------------------------------------------------------ inversion
