@@ -135,6 +135,7 @@ CELL_ROWS: dict[tuple[str, str, str], tuple[str, str]] = {
     ("cifar100", "wrn40_2", "wrn40_1"): ("a100_wrn401", "script state 93c00de of cifar100_wrn402_wrn401_copy1"),
     ("cifar100", "wrn40_2", "wrn16_2"): ("a100_wrn162", "HEAD script cifar100_wrn402_wrn162"),
 }
+#: AdaDFKD's recipe (datafree.synthesis.recipe): the §12.6 rows per cell and the README's numbers (§12.7).
 RECIPE = Recipe(
     label="AdaDFKD", name="adaptive inter-sample relationships", section="§12", table_row=8,
     launchers=tuple(curriculum_launcher(cell, SCRIPT_ROWS[row], bool(script), "§12.6", ROW_ORDER, COMMON_SETTINGS)

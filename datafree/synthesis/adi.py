@@ -39,6 +39,7 @@ JITTER_FRACTION = 8
 from datafree.synthesis.recipe import (CMI_SCRIPT, DFKD_SCRIPT, BaselineRow,  # noqa: E402
                                        baseline_recipe, paper_numbers)
 
+#: ADI's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9).
 RECIPE = baseline_recipe(
     label="ADI", name="Adaptive DeepInversion", section="§4.4", table_row=2,
     defaults=[("batch_size", "256"), ("synthesis_batch_size", "=B"), ("epochs", "200"), ("ep_steps", "400"),

@@ -69,6 +69,7 @@ from datafree.synthesis.recipe import DFKD_SCRIPT, BaselineRow, baseline_recipe,
 #: The later (AdaDFKD-era) README versions re-ran the CIFAR-100 WRN cells (§4.7).
 RERUN_NOTE = ("Later (AdaDFKD-era) README versions replace the CMI CIFAR-100 WRN numbers by re-runs "
               "(66.89 / 65.11).")
+#: CMI's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9).
 RECIPE = baseline_recipe(
     label="CMI", name="Contrastive Model Inversion", section="§4.5", table_row=4,
     defaults=[("batch_size", "256"), ("synthesis_batch_size", "=B"), ("epochs", "200"), ("ep_steps", "400"),

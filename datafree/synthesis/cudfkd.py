@@ -152,6 +152,7 @@ def recipe_launcher(cell: tuple[str, str, str], row_name: str, exact: bool, vari
 
 #: The CuDFKD row of the paper's tables (§5.9).
 PAPER_ROW = pair_values([95.28, 91.61, 93.18, 92.98, 88.77], [75.87, 71.22, 66.43, 65.94])
+#: CuDFKD's recipe (datafree.synthesis.recipe): the §5.8 rows per cell and the paper's numbers (§5.9, §5.10).
 RECIPE = Recipe(
     label="CuDFKD", name="Curriculum Data-Free KD", section="§5", table_row=5, variants=("late2022",),
     launchers=tuple(recipe_launcher(cell, *entry) for cell, entries in CELL_ROWS.items() for entry in entries),

@@ -68,6 +68,8 @@ MNIST_LAUNCHERS = tuple(Launcher(
                     + "; ".join(f"{row} {value:.2f}" for row, value in DAFL_TABLE_ROWS[(teacher, student)]) + ".",),
     remarks=("Cost: 24,000 iterations of about 350 GFLOP (the generator at B 512): minutes on one GPU, about a day "
              "on two CPU cores.",)) for teacher, student in MNIST_PAIRS)
+#: DAFL's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9) and
+#: DAFL's own MNIST run (§20.1), with their published numbers.
 RECIPE = baseline_recipe(
     label="DAFL", name="Data-Free Learning", section="§4.1", table_row=0,
     defaults=[("batch_size", "256"), ("synthesis_batch_size", "=B"), ("epochs", "200"), ("ep_steps", "400"),

@@ -10,6 +10,7 @@ from datafree.synthesis.generative import GENERATIVE_DEFAULTS, GenerativeSynthes
 from datafree.synthesis.recipe import (CMI_SCRIPT, LJRPROCC_KD_NOTE, BaselineRow,  # noqa: E402
                                        baseline_recipe, paper_numbers)
 
+#: DFQ's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9).
 RECIPE = baseline_recipe(
     label="DFQ", name="Data-Free Quantization", section="§4.3", table_row=3,
     defaults=[("batch_size", "256"), ("synthesis_batch_size", "=B"), ("epochs", "200"), ("ep_steps", "400"),

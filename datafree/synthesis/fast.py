@@ -114,6 +114,7 @@ PAPER_TABLE = {"cifar10": {"fast2": [92.62, 84.67, 89.56, 89.68, 88.36], "fast5"
                            "fast10": [94.05, 90.53, 92.51, 92.45, 89.29]},
                "cifar100": {"fast2": [69.76, 62.83, 53.15, 57.08, 41.77], "fast5": [72.82, 65.28, 61.80, 63.83, 52.90],
                             "fast10": [74.34, 67.44, 63.91, 65.12, 54.02]}}
+#: FastDFKD's recipe (datafree.synthesis.recipe): every pair in the three variants of §10.8 and §10.9's numbers.
 RECIPE = Recipe(
     label="FastDFKD", name="meta-learned generator", section="§10", table_row=6, variants=tuple(VARIANT_SETTINGS),
     launchers=tuple(recipe_launcher((dataset, teacher, student), variant) for dataset, pairs in PAIRS.items()

@@ -107,6 +107,7 @@ def recipe_launcher(cell: tuple[str, str, str], variant: str) -> Launcher:
                     source=f"{SCRIPT} (docs/METHODS.md §11.8)", settings=values, variant=variant)
 
 
+#: NAYER's recipe (datafree.synthesis.recipe): every pair in the three variants of §11.8 and §11.9's figure.
 RECIPE = Recipe(
     label="NAYER", name="noisy-layer generation", section="§11", table_row=7, variants=tuple(VARIANT_EPOCHS),
     launchers=tuple(recipe_launcher(cell, variant) for cell in ALL_CELLS for variant in VARIANT_EPOCHS),

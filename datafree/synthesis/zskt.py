@@ -13,6 +13,7 @@ from datafree.synthesis.base import TestPreset
 from datafree.synthesis.recipe import (CMI_SCRIPT, DFKD_SCRIPT, LJRPROCC_KD_NOTE, BaselineRow,  # noqa: E402
                                        baseline_recipe, paper_numbers)
 
+#: ZSKT's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9).
 RECIPE = baseline_recipe(
     label="ZSKT", name="Zero-Shot Knowledge Transfer", section="§4.2", table_row=1,
     defaults=[("batch_size", "256"), ("synthesis_batch_size", "=B"), ("epochs", "200"), ("ep_steps", "400"),
