@@ -184,3 +184,42 @@ def test_generator_check_reports_up_to_date():
     run = subprocess.run([sys.executable, str(SCRIPTS / "make_launchers.py"), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_generator_names_no_method():
+    """scripts/make_launchers.py only renders recipes: no registered method's name appears in it, so a
+    method's launchers change only in its own recipe (datafree/synthesis/recipe.py)."""
+    registry = _import_or_skip("registry")
+    text = (SCRIPTS / "make_launchers.py").read_text(encoding="utf-8").lower()
+    assert [name for name in registry.METHODS if name in text] == []
+
+
+def test_every_method_has_a_recipe_with_launchers():
+    """Every registered method carries its recipe on its class (``recipe = RECIPE``): a label, a
+    METHODS.md section, at least one launcher, and published numbers only for its declared variants."""
+    registry = _import_or_skip("registry")
+    from datafree.synthesis.recipe import Recipe
+
+    rows = []
+    for name, method in registry.METHODS.items():
+        recipe = method.recipe
+        assert isinstance(recipe, Recipe), f"{name} has no recipe"
+        assert recipe.label and recipe.name and recipe.section.startswith("§"), name
+        assert recipe.launchers, f"{name}'s recipe has no launcher"
+        assert {key[0] for key in recipe.published} <= {"", *recipe.variants}, name
+        assert all(launcher.settings for launcher in recipe.launchers), name
+        rows.append(recipe.table_row)
+    assert len(set(rows)) == len(rows), "two recipes claim the same table row"
+
+
+def test_report_and_published_numbers_read_the_recipes():
+    """The report's method order and datafree.published's numbers are the recipes' (§5.9, §5.10)."""
+    registry = _import_or_skip("registry")
+    from datafree.published import published
+    from datafree.report.keys import paper_method_order
+
+    recipes = {name: method.recipe for name, method in registry.METHODS.items()}
+    assert list(paper_method_order()) == sorted(recipes, key=lambda name: recipes[name].table_row)
+    for name, recipe in recipes.items():
+        for (variant, dataset, teacher, student), number in recipe.published.items():
+            assert published(name, variant, dataset, teacher, student) is number

@@ -42,13 +42,13 @@ from datafree.report.cli import build_parser, main, non_negative_int, write_repo
 from datafree.report.keys import (
     NO_TEACHER,
     PAPER_DATASET_ORDER,
-    PAPER_METHOD_ORDER,
     PAPER_PAIR_ORDER,
     CellKey,
     cell_label,
     dataset_sort_key,
     method_sort_key,
     pair_sort_key,
+    paper_method_order,
 )
 from datafree.report.loading import FIDELITY_KEYS, ReportError, Run, load_run, run_sort_key
 from datafree.report.plot import plot_accuracy
@@ -82,8 +82,16 @@ __all__ = [
     "PAPER_DATASET_ORDER", "PAPER_METHOD_ORDER", "PAPER_PAIR_ORDER", "PARTIAL_MARK", "STABILITY_QUANTITIES",
     "Cell", "CellKey", "Column", "Quantity", "ReportError", "Run",
     "build_cells", "build_parser", "cell_label", "dataset_sort_key", "load_run", "main", "method_sort_key",
-    "non_negative_int", "pair_sort_key", "plot_accuracy", "render_accuracy_markdown", "render_comparison_markdown",
-    "render_results_markdown", "render_runs_markdown", "render_stability_markdown", "run_quantities",
+    "non_negative_int", "pair_sort_key", "paper_method_order", "plot_accuracy", "render_accuracy_markdown",
+    "render_comparison_markdown", "render_results_markdown", "render_runs_markdown", "render_stability_markdown",
+    "run_quantities",
     "run_sort_key", "stats", "summarize_across_seeds", "window_description", "write_accuracy_csv", "write_report",
     "write_stability_csv",
 ]
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``PAPER_METHOD_ORDER`` (:func:`paper_method_order`): read from the methods' recipes when asked for."""
+    if name == "PAPER_METHOD_ORDER":
+        return paper_method_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

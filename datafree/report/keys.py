@@ -8,9 +8,24 @@ so the six fields exist in one place only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-#: Method rows in the order of the paper's tables (§5.9); other methods follow alphabetically.
-PAPER_METHOD_ORDER: tuple[str, ...] = ("dafl", "zskt", "adi", "dfq", "cmi", "cudfkd", "fast", "nayer", "adadfkd")
+from datafree.published import recipes
+
+
+def paper_method_order() -> tuple[str, ...]:
+    """Method rows in the order of the paper's tables (§5.9): the registered methods by their recipe's
+    ``table_row`` (methods the paper does not have come after its own). ``PAPER_METHOD_ORDER`` is
+    this tuple, read from the recipes when first asked for, so that importing the report loads no method."""
+    table = recipes()
+    return tuple(sorted(table, key=lambda name: table[name].table_row))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PAPER_METHOD_ORDER":
+        return paper_method_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Teacher→student columns in the order of the paper's tables (§5.9); others follow alphabetically.
 PAPER_PAIR_ORDER: tuple[tuple[str, str], ...] = (
@@ -35,10 +50,11 @@ def cell_label(method: str, variant: str, precision: str | None) -> str:
 
 
 def method_sort_key(method: str) -> tuple[int, str]:
-    """Paper order for known methods (§5.9), then the others (e.g. scratch) alphabetically."""
-    if method in PAPER_METHOD_ORDER:
-        return (PAPER_METHOD_ORDER.index(method), "")
-    return (len(PAPER_METHOD_ORDER), method)
+    """Paper order for the methods with a recipe (§5.9), then the others (e.g. scratch) alphabetically."""
+    order = paper_method_order()
+    if method in order:
+        return (order.index(method), "")
+    return (len(order), method)
 
 
 def pair_sort_key(teacher: str, student: str) -> tuple[int, str, str]:

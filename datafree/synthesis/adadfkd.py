@@ -38,8 +38,10 @@ from datafree import curriculum
 from datafree.criterions import infonce, r2m_loss
 from datafree.options import option
 from datafree.pool import NegativeQueue
+from datafree.published import Published
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
+from datafree.synthesis.recipe import CurriculumRow, Recipe, curriculum_launcher, pair_values, settings
 
 
 def feature_width(model: nn.Module, image_size: int, device: torch.device, channels: int = 3) -> int:
@@ -58,8 +60,100 @@ def feature_width(model: nn.Module, image_size: int, device: torch.device, chann
     return int(features.shape[1])
 
 
+#: §12.6 common values, in launcher order after the row's values and the pace growth.
+COMMON_SETTINGS = settings(
+    ("ep_steps", "400", "§12.6 common"), ("kd_steps", "10", "§12.6 common"), ("g_steps", "1", "§12.6 common"),
+    ("lr", "0.1", "§12.6 common"), ("lr_g", "1e-3", "§12.6 common"), ("beta1", "0.9", "§12.3"),
+    ("beta2", "0.99", "§12.3"), ("nz", "512", "§12.3 G-Cu"), ("depth", "2", "§12.6 common"), ("oh", "1", "§12.6"),
+    ("bn", "1", "§12.6"), ("act", "0", "§12.6"), ("balance", "20", "§12.6: the scripts' --lmda_ent -20"),
+    ("adv_type", "kl", "§12.6"), ("adv_mask", "off", "§12.4 item 1: the mask is commented out"),
+    ("curr_option", "curr_log", "§12.6"), ("spl_granularity", "batch", "§12.5: one weight on the batch loss (HEAD)"),
+    ("tau", "0.07", "§12.6 common"), ("hard", "0.1", "§12.6 common"))
+#: The order in which a launcher passes a §12.6 row's values.
+ROW_ORDER = ("batch_size", "epochs", "loss", "T", "lambda_0", "adv", "grad_adv", "begin_fraction", "end_fraction",
+             "length", "s_nce", "queue_size", "seed")
+#: §12.6 script rows.
+SCRIPT_ROWS: dict[str, CurriculumRow] = {
+    "a10_resnet": CurriculumRow(
+        "CIFAR-10 resnet34->resnet18 row", "ljrprocc/DFKD @cd281c4 scripts/adadfkd/cifar10_resnet34_resnet18.sh",
+        {"batch_size": "768", "epochs": "300", "loss": "kl", "T": "20", "lambda_0": "2.2", "adv": "1", "grad_adv": "0",
+         "begin_fraction": "0.25", "end_fraction": "0.75", "length": "0.9", "s_nce": "0.1", "queue_size": "4096",
+         "seed": "3407"},
+        ("[REF] crashes at the first generator step (queue size 4096 is not a multiple of B 768); the queue here is "
+         "a general ring buffer, so the row runs as written (§12.8 item 2).",
+         "At 93c00de (2023-10-19) this script had adv 0, grad_adv 0.05 (§12.6).")),
+    "a10_vgg": CurriculumRow(
+        "CIFAR-10 vgg11->resnet18 row",
+        "ljrprocc/DFKD @cbcaeb8 (2023-06-30) scripts/adadfkd/cifar10_resnet34_resnet18.sh, which then ran "
+        "vgg11->resnet18 (values it does not list: the HEAD CIFAR-10 resnet34 row)",
+        {"batch_size": "1024", "epochs": "300", "loss": "kl", "T": "20", "lambda_0": "2.2", "adv": "1", "grad_adv": "0",
+         "begin_fraction": "0.25", "end_fraction": "0.75", "length": "0.8", "s_nce": "0.1", "queue_size": "8192",
+         "seed": "3407"},
+        ("No HEAD script exists for this cell; the 2023-06-30 state of the resnet34_resnet18 file ran it (§12.6).",)),
+    "a10_wrn": CurriculumRow(
+        "CIFAR-10 wrn40_2->wrn16_2 row",
+        "ljrprocc/DFKD @cd281c4 scripts/adadfkd/cifar10_wrn402_wrn161.sh, which runs wrn40_2->wrn16_2",
+        {"batch_size": "1024", "epochs": "500", "loss": "kl", "T": "20", "lambda_0": "1.5", "adv": "1", "grad_adv": "0",
+         "begin_fraction": "0", "end_fraction": "0.75", "length": "0.8", "s_nce": "0.1", "queue_size": "8192",
+         "seed": "0"},
+        ("[REF] file name disagrees: named wrn402_wrn161 but runs wrn40_2->wrn16_2 (§7 item 25).",)),
+    "a100_vgg": CurriculumRow(
+        "CIFAR-100 vgg11->resnet18 row",
+        "ljrprocc/DFKD @cd281c4 scripts/adadfkd/cifar100_resnet34_resnet18.sh, which runs vgg11->resnet18",
+        {"batch_size": "1024", "epochs": "400", "loss": "l1", "T": "5", "lambda_0": "1.0", "adv": "1", "grad_adv": "0",
+         "begin_fraction": "0.2", "end_fraction": "0.8", "length": "0.8", "s_nce": "0.1", "queue_size": "12288",
+         "seed": "20"},
+        ("[REF] file name disagrees: named resnet34_resnet18 but runs vgg11->resnet18 (§7 item 25).",)),
+    "a100_wrn162": CurriculumRow(
+        "CIFAR-100 wrn40_2->wrn16_2 row", "ljrprocc/DFKD @cd281c4 scripts/adadfkd/cifar100_wrn402_wrn162.sh",
+        {"batch_size": "1024", "epochs": "500", "loss": "kl", "T": "2", "lambda_0": "1.2", "adv": "1", "grad_adv": "0",
+         "begin_fraction": "0.2", "end_fraction": "0.79", "length": "0.8", "s_nce": "0.15", "queue_size": "16384",
+         "seed": "20"},
+        ("At 93c00de (2023-10-19) the CIFAR-100 WRN scripts had adv 0, grad_adv 0.095; the README's 67.54 is the "
+         "best of a sweep (§12.6, §13 item 5).",)),
+    "a100_wrn401": CurriculumRow(
+        "CIFAR-100 wrn40_2->wrn40_1 row",
+        "ljrprocc/DFKD @93c00de (2023-10-19) scripts/adadfkd/cifar100_wrn402_wrn401_copy1.sh, the only script that "
+        "runs wrn40_2->wrn40_1 (values it does not change: the HEAD cifar100_wrn402_wrn401 row)",
+        {"batch_size": "1024", "epochs": "460", "loss": "kl", "T": "2", "lambda_0": "1.2", "adv": "0",
+         "grad_adv": "0.095", "begin_fraction": "0.2", "end_fraction": "0.8", "length": "0.71", "s_nce": "0.15",
+         "queue_size": "16384", "seed": "20"},
+        ("The HEAD file cifar100_wrn402_wrn401.sh runs wrn40_2->wrn16_2 (§12.6, §7 item 25).",
+         "With adv 0 and grad_adv 0.095 the adversarial weight ramps to a large plateau (§12.6).")),
+}
+#: cell -> (row, the script state it runs where that is the published script of exactly this cell, else "")
+#: (§12.6); cells without a script copy the same dataset's row of the closest teacher family.
+CELL_ROWS: dict[tuple[str, str, str], tuple[str, str]] = {
+    ("cifar10", "resnet34", "resnet18"): ("a10_resnet", "HEAD script cifar10_resnet34_resnet18"),
+    ("cifar10", "vgg11", "resnet18"): ("a10_vgg", "script state cbcaeb8 of cifar10_resnet34_resnet18 (ran vgg11)"),
+    ("cifar10", "wrn40_2", "wrn40_1"): ("a10_wrn", ""),
+    ("cifar10", "wrn40_2", "wrn16_2"): ("a10_wrn", "HEAD script cifar10_wrn402_wrn161 (runs wrn40_2->wrn16_2)"),
+    ("cifar10", "wrn40_2", "wrn16_1"): ("a10_wrn", ""),
+    ("cifar100", "resnet34", "resnet18"): ("a100_vgg", ""),
+    ("cifar100", "vgg11", "resnet18"): ("a100_vgg", "HEAD script cifar100_resnet34_resnet18 (runs vgg11->resnet18)"),
+    ("cifar100", "wrn40_2", "wrn40_1"): ("a100_wrn401", "script state 93c00de of cifar100_wrn402_wrn401_copy1"),
+    ("cifar100", "wrn40_2", "wrn16_2"): ("a100_wrn162", "HEAD script cifar100_wrn402_wrn162"),
+}
+#: AdaDFKD's recipe (datafree.synthesis.recipe): the §12.6 rows per cell and the README's numbers (§12.7).
+RECIPE = Recipe(
+    label="AdaDFKD", name="adaptive inter-sample relationships", section="§12", table_row=8,
+    launchers=tuple(curriculum_launcher(cell, SCRIPT_ROWS[row], bool(script), "§12.6", ROW_ORDER, COMMON_SETTINGS)
+                    for cell, (row, script) in CELL_ROWS.items()),
+    notes=("One persistent projection Linear(d_S, d_T) trained with the student, when the feature widths differ; "
+           "--ada_ref_random_projection reproduces the reference's fresh random projection (§12.8 item 1).",
+           "The README's numbers are best runs of hyperparameter sweeps; which script state produced them is unknown "
+           "(§13 item 5)."),
+    # reproduction where the launcher runs the script state of exactly that cell (§12.6, §12.7)
+    published={("", *cell): Published(value, "reproduction" if CELL_ROWS[cell][1] else "config not published",
+                                      "ljrprocc/DFKD README @cd281c4 (§12.7)", CELL_ROWS[cell][1])
+               for cell, value in pair_values([95.32, 92.19, 93.38, 93.15, 90.05],
+                                              [77.13, 71.52, 68.19, 67.54]).items()})
+
+
 class AdaDFKDSynthesizer(CuDFKDSynthesizer):
     """AdaDFKD: CuDFKD (§5) plus the R2M generator term and the student's InfoNCE (§12)."""
+
+    recipe = RECIPE
 
     #: CuDFKD's settings with the HEAD CIFAR-10 resnet34→resnet18 row of §12.6 (B 768, E 300, kl, T 20,
     #: λ_0 2.2, adv 1 / grad_adv 0, ramp .25/.75, ℓ 0.9, s_nce 0.1, K 4096; its seed 3407 is the launcher's)

@@ -36,11 +36,12 @@ import torch.nn as nn
 
 from datafree.augment import random_crop_flip
 from datafree.criterions import kl_divergence
-from datafree.hooks import BatchNormStatisticsHook
 from datafree.errors import UsageError
+from datafree.hooks import BatchNormStatisticsHook
 from datafree.numerics import autocast
 from datafree.options import Options, option
 from datafree.seeding import MAX_SEED
+from datafree.synthesis.recipe import Recipe
 
 #: Offsets that make the two RNG streams of one (seed, rank) distinct.
 NOISE_STREAM, AUGMENTATION_STREAM = 1, 2
@@ -189,6 +190,9 @@ class Synthesizer:
     requires_batchnorm: ClassVar[str] = ""
     #: How the test suites run this method (see :class:`TestPreset`).
     TEST_PRESET: ClassVar[TestPreset] = TestPreset()
+    #: The method's published recipe (``datafree.synthesis.recipe``): its launchers and published numbers,
+    #: defined as ``RECIPE`` above the class (§4.7, §5.10); None for a method without one.
+    recipe: ClassVar[Recipe | None] = None
     #: True when ``student_loss`` needs the penultimate features of student and teacher (§12.9);
     #: the KD step then runs both networks with ``return_features=True``.
     needs_features: ClassVar[bool] = False

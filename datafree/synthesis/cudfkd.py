@@ -19,7 +19,7 @@ no ``--memory`` pool exists (§5.7). One generator step per ``kd_steps`` (10) KD
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -30,15 +30,143 @@ from datafree.criterions import (activation_loss, adversarial_js_ref, adversaria
 from datafree.errors import UsageError
 from datafree.models import CurriculumGenerator, reset_generator_init
 from datafree.options import option
+from datafree.published import CUDFKD_SOURCE, Published
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.generative import GenerativeSynthesizer
+from datafree.synthesis.recipe import CurriculumRow, Launcher, Recipe, curriculum_launcher, pair_values, settings
 
 #: Temperature of the adversarial KL / JS in the generator loss (§5.2: τ = 3, ×τ²).
 ADVERSARIAL_TEMPERATURE = 3.0
 
 
+#: §5.8 common settings, in launcher order after the row's values and the pace growth.
+COMMON_SETTINGS = settings(
+    ("ep_steps", "400", "§5.8 common setting"),
+    ("kd_steps", "10", "§5.8: the scripts' --kd_steps_interval 10 (their --kd_steps 5 is ignored)"),
+    ("g_steps", "1", "§5.8 common setting (--g_steps_interval 1)"),
+    ("lr", "0.1", "§5.8 common setting"),
+    ("lr_g", "1e-3", "§5.8 common setting"),
+    ("beta1", "0.9", "§5.2 generator Adam betas (0.9, 0.99)"),
+    ("beta2", "0.99", "§5.2 generator Adam betas (0.9, 0.99)"),
+    ("nz", "512", "§5.2 G-Cu latent size"),
+    ("depth", "2", "§5.8 common setting (--depth 2 for 32 px)"),
+    ("oh", "1", "§5.8 common setting"),
+    ("bn", "1", "§5.8 common setting"),
+    ("act", "0", "§5.8 common setting"),
+    ("balance", "20", "§5.8: the scripts' --lmda_ent -20 (balance = -lmda_ent)"),
+    ("adv_type", "kl", "§5.8 common setting"),
+    ("adv_mask", "on", "§5.2: 19c6000 masks the adversarial KL to agreeing samples"),
+    ("curr_option", "curr_log", "§5.8 common setting"),
+    ("spl_granularity", "sample", "§5.3 [CLEAN] per-sample weights (the reference changed this between commits)"))
+#: The order in which a launcher passes a §5.8 row's values.
+ROW_ORDER = ("batch_size", "epochs", "loss", "T", "lambda_0", "adv", "grad_adv", "begin_fraction", "end_fraction",
+             "seed")
+#: §5.8 script rows.
+SCRIPT_ROWS: dict[str, CurriculumRow] = {
+    "c10_resnet": CurriculumRow(
+        "CIFAR-10 resnet34->resnet18 main row", "ljrprocc/DFKD @19c6000 CuDFKD cifar10 resnet34_resnet18 main script",
+        {"batch_size": "512", "epochs": "250", "loss": "l1", "T": "20", "lambda_0": "2.0", "adv": "0",
+         "grad_adv": "0.5", "begin_fraction": "0.25", "end_fraction": "0.75", "seed": "30"},
+        ("Other CIFAR-10 resnet34->resnet18 scripts (§5.8): \"agg\" B 768, kl, adv 1, grad_adv 0.5, seed 0; "
+         "\"mem\" B 256, kl, adv 1, grad_adv 0, seed 0, with --memory (plausibly the README cost setting).",)),
+    "c10_wrn": CurriculumRow(
+        "CIFAR-10 wrn40_2->wrn40_1 row",
+        "ljrprocc/DFKD @19c6000 CuDFKD cifar10 script named wrn402_wrn161, which runs wrn40_2->wrn40_1",
+        {"batch_size": "1024", "epochs": "250", "loss": "kl", "T": "20", "lambda_0": "2.0", "adv": "1",
+         "grad_adv": "0", "begin_fraction": "0.25", "end_fraction": "0.75", "seed": "0"},
+        ("[REF] file name disagrees: the script is named wrn402_wrn161 but runs wrn40_2->wrn40_1 (§7 item 25).",
+         "Its 2022-09 state ran student wrn16_1 with adv 0.5, grad_adv 0.05 and no --memory (§5.8)."), memory=True),
+    "c10_wrn161_paper": CurriculumRow(
+        "CIFAR-10 wrn40_2->wrn16_1 paper-era row",
+        "ljrprocc/DFKD @81b96d4 (2022-09-04, whose README already reports 95.28 / 75.87 / 88.77) CuDFKD cifar10 "
+        "wrn40_2->wrn16_1 script",
+        {"batch_size": "1024", "epochs": "250", "loss": "kl", "T": "20", "lambda_0": "2.0", "adv": "0.5",
+         "grad_adv": "0.05", "begin_fraction": "0.25", "end_fraction": "0.75", "seed": "0"},
+        ("From 6bfd26f (2022-09-18) this script switched to adv 1, grad_adv 0, --memory and student wrn40_1 (the "
+         "late-2022 state, §5.8).",
+         "81b96d4 weighted the batch-mean loss with one self-paced weight: add --spl_granularity batch to run that "
+         "state exactly (§5.3).")),
+    "c100_resnet_paper": CurriculumRow(
+        "CIFAR-100 resnet34->resnet18 paper-era row",
+        "ljrprocc/DFKD @81b96d4 (2022-09-04) CuDFKD cifar100 resnet34_resnet18 script",
+        {"batch_size": "768", "epochs": "300", "loss": "l1", "T": "5", "lambda_0": "1.0", "adv": "0",
+         "grad_adv": "0.35", "begin_fraction": "0.2", "end_fraction": "0.8", "seed": "0"},
+        ("From 6bfd26f (2022-09-18) this script switched to adv 1, grad_adv 0 and --memory (the late-2022 state, "
+         "§5.8).",
+         "81b96d4 weighted the batch-mean loss with one self-paced weight: add --spl_granularity batch to run that "
+         "state exactly (§5.3).")),
+    "c100_resnet": CurriculumRow(
+        "CIFAR-100 resnet34->resnet18 row", "ljrprocc/DFKD @19c6000 (2022-11) CuDFKD cifar100 resnet34_resnet18 script",
+        {"batch_size": "768", "epochs": "300", "loss": "l1", "T": "5", "lambda_0": "1.0", "adv": "1",
+         "grad_adv": "0", "begin_fraction": "0.2", "end_fraction": "0.8", "seed": "0"},
+        ("Its 2022-09 state used adv 0, grad_adv 0.35 and no --memory (§5.8).",), memory=True),
+    "c100_wrn": CurriculumRow(
+        "CIFAR-100 wrn40_2->wrn16_2 row",
+        "ljrprocc/DFKD @19c6000 CuDFKD cifar100 script named wrn402_wrn161, which runs wrn40_2->wrn16_2",
+        {"batch_size": "1024", "epochs": "300", "loss": "kl", "T": "2", "lambda_0": "1.0", "adv": "0",
+         "grad_adv": "0.15", "begin_fraction": "0.2", "end_fraction": "0.75", "seed": "0"},
+        ("[REF] file name disagrees: the script is named wrn402_wrn161 but runs wrn40_2->wrn16_2 (§7 item 25).",)),
+}
+#: cell -> [(row, published for this exact cell?, variant)]: the main launcher runs the paper-era (2022-09-04)
+#: values where a script for that exact cell exists, and the cells that copy those rows follow them; the
+#: late-2022 state of those rows is a second launcher, variant "late2022" (§5.8). Unpublished cells copy the
+#: closest teacher-family row.
+CELL_ROWS: dict[tuple[str, str, str], list[tuple[str, bool, str]]] = {
+    ("cifar10", "resnet34", "resnet18"): [("c10_resnet", True, "")],
+    ("cifar10", "vgg11", "resnet18"): [("c10_resnet", False, "")],
+    ("cifar10", "wrn40_2", "wrn40_1"): [("c10_wrn", True, "")],
+    ("cifar10", "wrn40_2", "wrn16_2"): [("c10_wrn161_paper", False, ""), ("c10_wrn", False, "late2022")],
+    ("cifar10", "wrn40_2", "wrn16_1"): [("c10_wrn161_paper", True, ""), ("c10_wrn", False, "late2022")],
+    ("cifar100", "resnet34", "resnet18"): [("c100_resnet_paper", True, ""), ("c100_resnet", True, "late2022")],
+    ("cifar100", "vgg11", "resnet18"): [("c100_resnet_paper", False, ""), ("c100_resnet", False, "late2022")],
+    ("cifar100", "wrn40_2", "wrn40_1"): [("c100_wrn", False, "")],
+    ("cifar100", "wrn40_2", "wrn16_2"): [("c100_wrn", True, "")],
+}
+#: Lines after a cell's published number (its main launcher only).
+REPORTED_NOTES: dict[tuple[str, str, str], tuple[str, ...]] = {
+    ("cifar10", "resnet34", "resnet18"): (
+        "v1 abstract: 95.28 (above the 95.20 of resnet18 trained with data); 90 % within 30 epochs (v2: 15).",
+        "Noisy-teacher experiment: 95.02 (clean teacher) -> 93.34 (noisy teacher)."),
+    ("cifar10", "wrn40_2", "wrn16_1"): (
+        "Noisy-teacher experiment lists 86.22 (clean teacher) -> 87.44 (noisy teacher) for this pair.",),
+}
+
+
+def recipe_launcher(cell: tuple[str, str, str], row_name: str, exact: bool, variant: str) -> Launcher:
+    """The launcher of one §5.8 row for ``cell``; the "late2022" variant is an alternative state of the row."""
+    row = SCRIPT_ROWS[row_name]
+    extra = (("The script used --memory (with its normalisation bug, §5.7); not passed here.",) if row.memory else ()
+             ) + (("With --loss l1, T only softens the generator's entropy term, not the student loss (§5.8).",)
+                  if row.values["loss"] == "l1" else ())
+    launcher = curriculum_launcher(cell, row, exact, "§5.8", ROW_ORDER, COMMON_SETTINGS, variant=variant,
+                                   extra_notes=extra, reported_notes=() if variant else REPORTED_NOTES.get(cell, ()))
+    if not variant:
+        return launcher
+    return replace(launcher, what=f"the late-2022 state of the row ({launcher.what}); an alternative configuration: "
+                                  "the main launcher of this cell runs the paper-era values (§5.8, §5.10)")
+
+
+#: The CuDFKD row of the paper's tables (§5.9).
+PAPER_ROW = pair_values([95.28, 91.61, 93.18, 92.98, 88.77], [75.87, 71.22, 66.43, 65.94])
+#: CuDFKD's recipe (datafree.synthesis.recipe): the §5.8 rows per cell and the paper's numbers (§5.9, §5.10).
+RECIPE = Recipe(
+    label="CuDFKD", name="Curriculum Data-Free KD", section="§5", table_row=5, variants=("late2022",),
+    launchers=tuple(recipe_launcher(cell, *entry) for cell, entries in CELL_ROWS.items() for entry in entries),
+    notes=("No --memory: it is off in the clean implementation (§5.7); samples are always normalised.",
+           "The generator's adversarial weight follows adv_weight(epoch) of §5.5 (ramp independent of "
+           "--curr_option, §7 item 19)."),
+    # reproduction where the main launcher runs the published script of exactly that cell (§5.8, §5.10)
+    published={**{("", *cell): Published(value, "reproduction" if CELL_ROWS[cell][0][1] else "config not published",
+                                         CUDFKD_SOURCE) for cell, value in PAPER_ROW.items()},
+               **{("late2022", *cell): Published(value, "alternative state", CUDFKD_SOURCE,
+                                                 "late-2022 script values (§5.8)")
+                  for cell, value in PAPER_ROW.items() if any(entry[2] for entry in CELL_ROWS[cell])}})
+
+
 class CuDFKDSynthesizer(GenerativeSynthesizer):
     """CuDFKD: curriculum generator + self-paced student loss (§5)."""
+
+    recipe = RECIPE
 
     @dataclass(frozen=True)
     class Options(GenerativeSynthesizer.Options):

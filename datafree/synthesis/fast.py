@@ -46,8 +46,10 @@ import torch.nn as nn
 from datafree.errors import UsageError
 from datafree.models import GeneratorS
 from datafree.options import option
+from datafree.published import PAIRS, Published
 from datafree.synthesis.base import BNMomentumOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
+from datafree.synthesis.recipe import Launcher, Recipe, Setting, settings
 
 #: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
 FAST_VARIANTS: dict[str, dict[str, Any]] = {
@@ -63,8 +65,74 @@ RESET_EPOCHS_AFTER_WARMUP = 119
 RESET_STD = 0.02
 
 
+#: The published script of every FastDFKD launcher (§10.8).
+SCRIPT = "zju-vipa/Fast-Datafree @0dcecbc scripts/fast_cifar.sh"
+#: pair -> (adv, oh, script lines) (§10.8); the script's lines are CIFAR-100 and its line 2 says to change only
+#: --dataset for CIFAR-10.
+SCRIPT_PAIRS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("resnet34", "resnet18"): ("1.33", "0.5", "4-8"), ("vgg11", "resnet18"): ("1.0", "0.5", "12-16"),
+    ("wrn40_2", "wrn16_1"): ("1.1", "0.4", "20-24"), ("wrn40_2", "wrn40_1"): ("1.1", "0.4", "28-32"),
+    ("wrn40_2", "wrn16_2"): ("1.1", "0.4", "36-40"),
+}
+#: variant -> (its name in §10.8, g_steps k, inner lr_g, lr_z), as the launchers spell them (FAST_VARIANTS: numbers).
+VARIANT_SETTINGS: dict[str, tuple[str, str, str, str]] = {
+    "fast2": ("Fast-2", "2", "5e-3", "0.015"), "fast5": ("Fast-5", "5", "3e-3", "0.01"),
+    "fast10": ("Fast-10", "10", "2e-3", "0.01")}
+#: §10.8 common values; the per-pair and per-variant values go before the seed.
+COMMON_SETTINGS = settings(
+    ("batch_size", "256", "§10.8 common"), ("synthesis_batch_size", "256", "§10.8 common (Bs = B)"),
+    ("epochs", "220", "§10.8 common: 20 warm-up + 200 KD epochs"), ("warmup", "20", "§10.7 synthesis-only epochs"),
+    ("ep_steps", "400", "§10.8 common"), ("kd_steps", "400", "§10.7: one synthesis per epoch"),
+    ("lr", "0.2", "§10.7 student SGD"), ("eta_min", "2e-4", "§10.7 cosine floor"), ("T", "20", "§10.7 KL at T = 20"),
+    ("bn", "10", "§10.8 common"), ("bn_mmt", "0.9", "§10.4 momentum BN loss"), ("nz", "256", "§10.3 G-S latent"),
+    ("ngf", "64", "§10.3"), ("beta1", "0.5", "§10.5 Adam betas, inner and meta"), ("beta2", "0.999", "§10.5"),
+    ("fast_meta", "fomaml", "§10.5 FOMAML-sum (--is_maml 1 in every script)"),
+    ("reset_l0_epoch", "139", "§10.6: reset at synthesis 120 + warmup = epoch 139 (fixed c188487 state)"),
+    ("seed", "0", "§10.8 common"))
+
+
+def recipe_launcher(cell: tuple[str, str, str], variant: str) -> Launcher:
+    """The §10.8 launcher of one cell and variant (the script's lines are the same for both datasets)."""
+    adv, oh, lines = SCRIPT_PAIRS[cell[1:]]
+    title, g_steps, lr_g, lr_z = VARIANT_SETTINGS[variant]
+    where = f"{SCRIPT} lines {lines}"
+    values = (*COMMON_SETTINGS[:-1], Setting("adv", adv, f"§10.8 per-pair script value ({where})"),
+              Setting("oh", oh, "§10.8 per-pair script value"), Setting("fast_variant", variant, f"§10.8 {title}"),
+              Setting("g_steps", g_steps, f"§10.8 {variant}: k generator steps per batch"),
+              Setting("lr_g", lr_g, f"§10.8 {variant}: inner generator lr (meta lr = k * lr_g)"),
+              Setting("lr_z", lr_z, f"§10.8 {variant}: latent lr"), COMMON_SETTINGS[-1])
+    notes = (("The script's lines are CIFAR-100; its line 2 says to change only --dataset for CIFAR-10 (§10.8, "
+              "§13 item 4).",) if cell[0] == "cifar10" else ())
+    return Launcher(*cell, what=f"published configuration ({title}, §10.8)",
+                    source=f"{where} (docs/METHODS.md §10.8)", settings=values, variant=variant, notes=notes)
+
+
+#: The Fast-Datafree README's table (§10.9): dataset -> variant -> values in the order of PAIRS.
+PAPER_TABLE = {"cifar10": {"fast2": [92.62, 84.67, 89.56, 89.68, 88.36], "fast5": [93.63, 89.94, 92.04, 91.96, 88.90],
+                           "fast10": [94.05, 90.53, 92.51, 92.45, 89.29]},
+               "cifar100": {"fast2": [69.76, 62.83, 53.15, 57.08, 41.77], "fast5": [72.82, 65.28, 61.80, 63.83, 52.90],
+                            "fast10": [74.34, 67.44, 63.91, 65.12, 54.02]}}
+#: FastDFKD's recipe (datafree.synthesis.recipe): every pair in the three variants of §10.8 and §10.9's numbers.
+RECIPE = Recipe(
+    label="FastDFKD", name="meta-learned generator", section="§10", table_row=6, variants=tuple(VARIANT_SETTINGS),
+    launchers=tuple(recipe_launcher((dataset, teacher, student), variant) for dataset, pairs in PAIRS.items()
+                    for teacher, student in pairs for variant in VARIANT_SETTINGS),
+    notes=("The pool is in memory (uint8), never a folder of PNGs that a rerun would silently reuse (§10.10 item 5).",
+           "Cosine schedule over the 200 KD epochs (epochs - warmup), not the script's hard-coded 200 "
+           "(§10.10 item 6).",
+           "Reported hours are synthesis-only; benchmarks/throughput.py reports both synthesis and full-run time "
+           "(§10.9)."),
+    published={(variant, dataset, teacher, student): Published(
+        value, "reproduction", "Fast-Datafree README (§10.9)",
+        "the code state behind the paper is unknown (§13 item 3)")
+        for dataset, variants in PAPER_TABLE.items() for variant, values in variants.items()
+        for (teacher, student), value in zip(PAIRS[dataset], values)})
+
+
 class FastSynthesizer(PooledSynthesizer):
     """FastDFKD (§10): a meta-learned G-S, cloned and adapted for k steps per batch, pooled images."""
+
+    recipe = RECIPE
 
     #: docs/METHODS.md §10.12
     TEST_PRESET = TestPreset(tiny_flags=("--warmup", "0", "--synthesis_batch_size", "8"),

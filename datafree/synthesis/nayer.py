@@ -43,8 +43,11 @@ from datafree import label_embeddings
 from datafree.errors import UsageError
 from datafree.models import NoisyLayerGenerator, reset_default_init
 from datafree.options import derived, option
+from datafree.published import ALL_CELLS, Published
 from datafree.synthesis.base import BNMomentumOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
+from datafree.synthesis.recipe import Launcher, Recipe, Setting, settings
+
 
 def balanced_labels(count: int, num_classes: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> torch.Tensor:
@@ -67,8 +70,56 @@ def recreation_epoch(epoch: int, warmup: int, life: int) -> bool:
     return (epoch - warmup) % life == 0 or epoch % life == 0
 
 
+#: The published scripts of every NAYER launcher (§11.8): identical for every pair.
+SCRIPT = "tmtuan1307/NAYER @c6bedcd scripts/nayer_{100,200,300}.sh"
+#: variant -> (its name in §11.7, epochs = KD epochs + 20 warm-up).
+VARIANT_EPOCHS = {"nayer100": ("NAYER-100", "120"), "nayer200": ("NAYER-200", "220"), "nayer300": ("NAYER-300", "320")}
+#: dataset -> (g_steps, its comment) (§11.8).
+DATASET_G_STEPS = {"cifar10": ("30", "§11.8 CIFAR-10"), "cifar100": ("40", "§11.8 CIFAR-100")}
+#: §11.8 common values; epochs and g_steps go after the first two.
+COMMON_SETTINGS = settings(
+    ("batch_size", "512", "§11.8"), ("synthesis_batch_size", "400", "§11.8 (40 noisy layers on CIFAR-10, 4 on 100)"),
+    ("warmup", "20", "§11.7 synthesis-only epochs"), ("ep_steps", "400", "§11.7"),
+    ("kd_steps", "400", "§11.7: one synthesis (g_loops batches) per epoch"), ("g_loops", "2", "§11.8"),
+    ("gwp_loops", "10", "§11.8 batches per warm-up epoch"),
+    ("g_life", "10", "§11.6 generator re-created every 10 epochs"),
+    ("lr", "0.2", "§11.7"), ("eta_min", "2e-4", "§11.7"), ("lr_g", "4e-3", "§11.8"), ("beta1", "0.5", "§11.6"),
+    ("beta2", "0.999", "§11.6"), ("T", "20", "§11.7"), ("adv", "1.33", "§11.8"), ("bn", "10", "§11.8"),
+    ("oh", "0.5", "§11.8"), ("bn_mmt", "0.9", "§11.5"), ("ngf", "64", "§11.4"), ("le_hidden", "1000", "§11.4"),
+    ("label_embeddings", "teacher_fc", "§11.3 offline substitute (a deviation); pass --label_embeddings PATH "
+                                       "with CLIP ViT-B/32 class-name features (README) for the paper's input"),
+    ("seed", "0", "§11.8 driver default"))
+
+
+def recipe_launcher(cell: tuple[str, str, str], variant: str) -> Launcher:
+    """The §11.8 launcher of one cell and variant."""
+    title, epochs = VARIANT_EPOCHS[variant]
+    g_steps, g_steps_comment = DATASET_G_STEPS[cell[0]]
+    values = (*COMMON_SETTINGS[:2],
+              Setting("epochs", epochs, f"§11.7 {title}: {int(epochs) - 20} KD epochs + 20 warm-up"),
+              Setting("g_steps", g_steps, g_steps_comment), *COMMON_SETTINGS[2:])
+    return Launcher(*cell, what=f"published configuration ({title}; identical for every pair, §11.8)",
+                    source=f"{SCRIPT} (docs/METHODS.md §11.8)", settings=values, variant=variant)
+
+
+#: NAYER's recipe (datafree.synthesis.recipe): every pair in the three variants of §11.8 and §11.9's figure.
+RECIPE = Recipe(
+    label="NAYER", name="noisy-layer generation", section="§11", table_row=7, variants=tuple(VARIANT_EPOCHS),
+    launchers=tuple(recipe_launcher(cell, variant) for cell in ALL_CELLS for variant in VARIANT_EPOCHS),
+    notes=("Without --label_embeddings PATH the run uses the teacher_fc substitute: report it as NAYER (teacher-FC "
+           "embedding), not as the paper's NAYER (§11.3).",
+           "The student is queried in eval mode for every batch; --nayer_ref_student_mode reproduces the reference's "
+           "train-mode leak (§11.10 item 1)."),
+    # the repository has only a figure, for CIFAR-100 wrn40_2->wrn16_2 (§11.9, §13 item 1)
+    published={(variant, "cifar100", "wrn40_2", "wrn16_2"): Published(
+        value, "read off a figure", "NAYER README figure (§11.9)", "approximate")
+        for variant, value in {"nayer100": 70.2, "nayer200": 71.2, "nayer300": 71.7}.items()})
+
+
 class NAYERSynthesizer(PooledSynthesizer):
     """NAYER: noisy-layer generation from label embeddings (§11)."""
+
+    recipe = RECIPE
 
     #: §11.12 with 5 generator steps and Bs 20 (not 10 and 40) for speed; 90-100 % over seeds 0-4.
     TEST_PRESET = TestPreset(tiny_flags=("--warmup", "0", "--synthesis_batch_size", "10", "--g_loops", "1",
