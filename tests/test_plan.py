@@ -127,3 +127,54 @@ def test_every_tick_of_a_train_scratch_plan():
     assert plan.position(5) == {"epoch": 1, "step": 1} and plan.position(8) == {"epoch": 2, "step": 0}
     with pytest.raises(ValueError, match="no plan"):
         EpochPlan(epochs=1, steps=0)
+
+
+# ----------------------------------------------------------------------------- in the loop
+def test_last_pth_stores_the_next_tick(tmp_path, cifar10_root, teacher_checkpoint):
+    """A stop after the first KD step (tick 1) leaves tick 2 in last.pth, not a position dict."""
+    import torch
+
+    import datafree_kd
+    from conftest import distill_args
+
+    run = tmp_path / "run"
+    stopped = datafree_kd.main(distill_args("dafl", cifar10_root, teacher_checkpoint, run, "--max_minutes", "1e-9"))
+    saved = torch.load(run / "last.pth", weights_only=True)
+    assert stopped["tick"] == saved["tick"] == 2 and "position" not in saved and saved["epoch"] == 0
+
+
+@pytest.mark.parametrize("program", ["datafree_kd", "train_scratch"])
+def test_a_checkpoint_from_before_the_tick_format_is_refused_in_one_line(program, tmp_path, cifar10_root,
+                                                                         teacher_checkpoint, capsys):
+    """``--resume`` of a last.pth that holds the former position dict: exit 2, one line that says
+    why and how to go on, no traceback, and the run directory as it was."""
+    import torch
+
+    import datafree_kd
+    import train_scratch
+    from conftest import distill_args
+    from datafree.cli import run_cli
+
+    run = tmp_path / "run"
+    if program == "datafree_kd":
+        main, args = datafree_kd.main, distill_args("dafl", cifar10_root, teacher_checkpoint, run)
+        old_position = {"epoch": 0, "round": 0, "kd_in_round": 1, "kd_step": 1}
+    else:
+        main = train_scratch.main
+        args = ["--model", "wrn16_1", "--dataset", "cifar10", "--data_root", str(cifar10_root), "--epochs", "1",
+                "--batch_size", "64", "--device", "cpu", "--no_progress", "--save_dir", str(run),
+                "--pretrained_path", str(tmp_path / "pretrained.pth")]
+        old_position = {"epoch": 0, "step": 1}
+    main([*args, "--max_minutes", "1e-9"])
+    checkpoint = torch.load(run / "last.pth", weights_only=True)
+    del checkpoint["tick"]
+    checkpoint["position"] = old_position   # as written before the tick format
+    torch.save(checkpoint, run / "last.pth")
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, [*args, "--resume"])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert "predates the tick format" in error and "start a new run" in error and "--overwrite" in error
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
