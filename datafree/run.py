@@ -240,6 +240,7 @@ class RunLifecycle:
         return self.plan.describe(self.tick)
 
     def describe_tick(self) -> str:
+        """``tick 7 of 14``: the next tick and the plan's length, for messages."""
         return f"tick {self.tick} of {len(self.plan)}"
 
     # ------------------------------------------------------------------ 3. during the run
@@ -283,6 +284,7 @@ class RunLifecycle:
         return self.plan.stop_point(self.tick, collective=self.context.enabled) and self.should_stop(all_ranks=True)
 
     def close_bar(self) -> None:
+        """Close the epoch's progress bar (before the end-of-epoch lines, or a stop's)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
