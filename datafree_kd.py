@@ -9,10 +9,12 @@ Real data is read only through the **test** split, for evaluation (§2.1): the t
 is never opened. Multi-GPU / multi-node: launch with ``torchrun``; ``--batch_size`` and
 ``--synthesis_batch_size`` are the global batches, split across the ranks.
 
-The loop, top to bottom: for each epoch (the first ``--warmup`` epochs synthesise only), for
-each round one ``synthesize()`` then ``kd_steps`` KD steps, then the end of the epoch
-(cosine step, evaluation, logging, checkpoints). Resumption, stops, the NaN watch, logging and
-checkpoints are :class:`datafree.run.RunLifecycle`, shared with ``train_scratch.py``.
+The loop (:func:`train`) runs the ticks of a :class:`~datafree.plan.DistillationPlan` top to
+bottom: per epoch, for each round one ``synthesize()`` tick then ``kd_steps`` KD-step ticks (the
+first ``--warmup`` epochs synthesise only), then the end-of-epoch tick (cosine step, evaluation,
+logging, checkpoints). The resumable position is one integer, the next tick. Resumption, stops,
+the NaN watch, logging and checkpoints are :class:`datafree.run.RunLifecycle`, shared with
+``train_scratch.py``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import registry
 from datafree import distributed
@@ -42,14 +43,13 @@ from datafree.models import Normalizer
 from datafree.numerics import (Numerics, autocast, environment_info, maybe_compile, memory_bytes, resolve_device,
                                to_memory_format, unwrap)
 from datafree.options import add_option_flags, option_readers, refuse_foreign_flags
+from datafree.plan import KD_STEP, SYNTHESIS, DistillationPlan
 from datafree.run import RunLifecycle
 from datafree.seeding import seed_everything
 from datafree.signals import StopRequest
 from datafree.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
-#: Where a KD run starts.
-START = {"epoch": 0, "round": 0, "kd_in_round": 0, "kd_step": 0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,9 +322,10 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext, de
               "world_size": context.world_size, "batch_size_per_rank": options["batch_size"] // context.world_size,
               "synthesis_batch_size_per_rank": options["synthesis_batch_size"] // context.world_size,
               "environment": environment_info(device)})
-    run.attach(parts.states(), parts.student, START)
+    run.attach(parts.states(), parts.student, DistillationPlan(options["epochs"], options["warmup"],
+                                                               options["ep_steps"], options["kd_steps"]))
     if stop.requested:  # a signal during set-up: stop at once, resumable from the first last.pth
-        return run.interrupt(0, None)
+        return run.interrupt(None)
     stopped = train(options, parts, teacher, run, test_batches, numerics)
     if stopped is not None:
         return stopped
@@ -335,79 +336,45 @@ def distill(options: dict[str, Any], context: distributed.DistributedContext, de
 
 def train(options: dict[str, Any], parts: TrainingParts, teacher: nn.Module, run: RunLifecycle,
           test_batches: TensorLoader | None, numerics: Numerics) -> dict[str, Any] | None:
-    """The loop of §3.4: epochs, each of rounds and KD steps, then the end of the epoch.
+    """The loop of §3.4, one tick of ``run.plan`` at a time from ``run.tick`` (a resumed run may
+    start mid-round): a synthesis round, a KD step, or the end of an epoch.
 
-    Returns None when every epoch ran, or the stop result when the run was interrupted.
+    Returns None when every tick ran, or the stop result when the run was interrupted.
     """
-    position = run.position
-    while position["epoch"] < options["epochs"]:
-        epoch = position["epoch"]
-        schedule = parts.synthesizer.begin_epoch(epoch)
-        distilling = epoch >= options["warmup"]  # warm-up epochs synthesise only (§10.7, §11.7)
-        meter = run.begin_epoch()
-        parts.student.train()
-        if run_rounds(options, parts, teacher, run, meter, distilling, numerics):
-            return run.interrupt(epoch, meter)
-        run.check_losses(epoch)
-        lr = parts.optimizer.param_groups[0]["lr"]
-        if distilling:
-            parts.scheduler.step()
-        position.update(epoch=epoch + 1, round=0, kd_in_round=0)
-        fidelity_teacher = teacher if options["log_fidelity"] else None
-        evaluation = (lambda: evaluate(parts.student, test_batches, fidelity_teacher)) if distilling else None
-        preview = parts.synthesizer.preview_images() if run.is_main else None
-        run.end_epoch(epoch, meter, {"lr": lr, **schedule}, evaluation, preview)
-        if position["epoch"] < options["epochs"] and run.should_stop(all_ranks=True):
-            return run.interrupt(position["epoch"], None)   # at an epoch boundary (e.g. in warm-up)
-    return None
-
-
-def run_rounds(options: dict[str, Any], parts: TrainingParts, teacher: nn.Module, run: RunLifecycle,
-               meter, distilling: bool, numerics: Numerics) -> bool:
-    """The rounds of one epoch: ``synthesize()``, then ``kd_steps`` KD steps (none in warm-up).
-
-    Continues from ``run.position`` (a resumed run may start mid-round). Returns True when a
-    stop was requested before the epoch's last round ended.
-    """
-    position, synthesizer = run.position, parts.synthesizer
-    rounds = options["ep_steps"] // options["kd_steps"]
-    kd_steps = options["kd_steps"] if distilling else 0
+    plan, synthesizer, meter = run.plan, parts.synthesizer, None
     skip_nonfinite = options["nan_policy"] == "skip"
-    bar = tqdm(total=rounds * max(kd_steps, 1), desc=f"epoch {position['epoch']}", leave=False,
-               disable=not (options["progress"] and run.is_main),
-               initial=position["round"] * max(kd_steps, 1) + position["kd_in_round"])
-    stopped = False
-    while position["round"] < rounds and not stopped:
-        if position["kd_in_round"] == 0:
+    for tick in range(run.tick, len(plan)):
+        step = plan[tick]
+        if meter is None:   # the first tick of an epoch, or of a resumed run
+            schedule = synthesizer.begin_epoch(step.epoch)
+            meter = run.begin_epoch()
+            parts.student.train()
+        if step.kind == SYNTHESIS:   # the images of this round's KD steps
             terms = meter.time_synthesis(synthesizer.synthesize)
-            run.observe(position["kd_step"], terms)
+            run.observe(step.kd_step, terms)
             meter.add(terms)
-        while position["kd_in_round"] < kd_steps:
+        elif step.kind == KD_STEP:
             loss, terms, batch = student_step(synthesizer, teacher, parts.trained_student, parts.optimizer,
-                                              parts.scaler, numerics.autocast_dtype, position["kd_step"],
-                                              skip_nonfinite)
+                                              parts.scaler, numerics.autocast_dtype, step.kd_step, skip_nonfinite)
             if loss is not None:
-                run.observe(position["kd_step"], {"loss_student": loss})
+                run.observe(step.kd_step, {"loss_student": loss})
                 meter.add({"loss_student": loss, **terms})
             meter.images += batch
-            position["kd_in_round"] += 1
-            position["kd_step"] += 1
-            bar.update(1)
-            if position["kd_step"] % options["log_interval"] == 0:
-                run.check_losses(position["epoch"])
-            if not run.context.enabled and run.should_stop():
-                stopped = True
-                break
-        if position["kd_in_round"] >= kd_steps:
-            position["round"] += 1
-            position["kd_in_round"] = 0
-            bar.update(0 if kd_steps else 1)
-        if run.context.enabled:
-            stopped = run.should_stop(all_ranks=True)
-        elif not kd_steps:
-            stopped = run.should_stop()
-    bar.close()
-    return stopped and position["round"] < rounds
+            if (step.kd_step + 1) % options["log_interval"] == 0:
+                run.check_losses(step.epoch)
+        else:   # the end of the epoch; a warm-up epoch (§10.7, §11.7) has no LR step and no evaluation
+            run.check_losses(step.epoch)
+            lr = parts.optimizer.param_groups[0]["lr"]
+            if step.distilling:
+                parts.scheduler.step()
+            fidelity_teacher = teacher if options["log_fidelity"] else None
+            evaluation = (lambda: evaluate(parts.student, test_batches, fidelity_teacher)) if step.distilling else None
+            preview = synthesizer.preview_images() if run.is_main else None
+            run.end_epoch(step.epoch, meter, {"lr": lr, **schedule}, evaluation, preview)
+            meter = None
+        if run.stop_after(tick):   # the tick's one stop check
+            return run.interrupt(meter)
+    return None
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ Resumption is exact: the order of the training set in epoch e and the augmentati
 are drawn from generators seeded by (seed, e) and (seed, e, s), so a run stopped anywhere
 (``--max_minutes``, SIGINT/SIGTERM, kill -9 after the first checkpoint, which is written before
 the first step) and resumed with ``--resume`` reaches the same weights as an uninterrupted one.
-Resumption, stops, logging and checkpoints are :class:`datafree.run.RunLifecycle`, shared with
-``datafree_kd.py``.
+The loop runs the ticks of an :class:`~datafree.plan.EpochPlan` (per epoch, its training steps,
+then its end); the resumable position is one integer, the next tick. Resumption, stops, logging
+and checkpoints are :class:`datafree.run.RunLifecycle`, shared with ``datafree_kd.py``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import registry
 from datafree.augment import random_crop_flip, to_unit_float
@@ -47,12 +47,12 @@ from datafree.evaluation import evaluate
 from datafree.models import Normalizer
 from datafree.numerics import Numerics, autocast, environment_info, resolve_device, to_memory_format
 from datafree.options import Options, add_option_flags, option
+from datafree.plan import TRAIN_STEP, EpochPlan, Tick
 from datafree.run import EpochMeter, RunLifecycle
 from datafree.seeding import derived_generator, seed_everything
 from datafree.signals import StopRequest
 from datafree.stopping import all_finite
 
-START = {"epoch": 0, "step": 0}
 #: The §2.2 recipe; a dataset's ``scratch_defaults`` override it for the flags left unset.
 REFERENCE_RECIPE = {"optimizer": "sgd", "epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9,
                     "weight_decay": 1e-4, "milestones": "120,150,180", "gamma": 0.1}
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def train(options: dict[str, Any], device: torch.device, stop: StopRequest) -> dict[str, Any]:
-    """Validate inputs, open the run, build the model, run the epochs, publish the teacher."""
+    """Validate inputs, open the run, build the model, run the plan's ticks, publish the teacher."""
     numerics = Numerics.from_options(options, device)  # before any CUDA kernel runs
     info = registry.get_dataset(options["dataset"])
     train_images, train_labels, test_images, test_labels = load_data(options, device)
@@ -155,72 +155,77 @@ def train(options: dict[str, Any], device: torch.device, stop: StopRequest) -> d
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=options["gamma"])
     scaler = torch.amp.GradScaler(device.type, enabled=numerics.autocast_dtype == torch.float16)
     states = {"state_dict": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    position = run.attach(states, model, START)
+    plan = EpochPlan(options["epochs"], math.ceil(train_images.shape[0] / options["batch_size"]))
+    run.attach(states, model, plan)
     if stop.requested:  # a signal during set-up: stop at once, resumable from the first last.pth
-        return run.interrupt(0, None)
+        return run.interrupt(None)
     test_batches = TensorLoader(test_images, test_labels, batch_size=options["batch_size"], shuffle=False,
                                 augment=False, mean=info.mean, std=info.std, channels_last=numerics.channels_last)
     normalizer = Normalizer(info.mean, info.std).to(device)
-    while position["epoch"] < options["epochs"]:
-        epoch = position["epoch"]
-        meter = run.begin_epoch()
-        model.train()
-        if train_epoch(options, model, (train_images, train_labels), normalizer, states, run, meter, numerics):
-            return run.interrupt(epoch, meter)
-        run.check_losses(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        position.update(epoch=epoch + 1, step=0)
-        record = {"lr": lr}
-        record = run.end_epoch(epoch, meter, record, lambda: evaluate(model, test_batches))
-        print(f"  train loss {record['train_loss']:.3f}, {record['images_per_second']:.0f} img/s")
+    meter = None
+    for tick in range(run.tick, len(plan)):
+        step = plan[tick]
+        if meter is None:   # the first tick of an epoch, or of a resumed run
+            meter = run.begin_epoch()
+            model.train()
+            order = epoch_order(options["seed"], step.epoch, train_images.shape[0], device)
+        if step.kind == TRAIN_STEP:
+            train_step(options, model, (train_images, train_labels), order, step, normalizer, states, run, meter,
+                       numerics)
+        else:   # the end of the epoch: learning-rate step, evaluation, logging, checkpoints
+            run.check_losses(step.epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            record = run.end_epoch(step.epoch, meter, {"lr": lr}, lambda: evaluate(model, test_batches))
+            print(f"  train loss {record['train_loss']:.3f}, {record['images_per_second']:.0f} img/s")
+            meter = None
+        if run.stop_after(tick):   # the tick's one stop check
+            return run.interrupt(meter)
     result = run.finish({"model": options["model"], "dataset": options["dataset"]})
     publish_teacher(run, Path(options["pretrained_path"]))
     return result
 
 
-def train_epoch(options: dict[str, Any], model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
-                normalizer: nn.Module, states: dict[str, Any], run: RunLifecycle, meter: EpochMeter,
-                numerics: Numerics) -> bool:
-    """The steps of one epoch from ``run.position``; True when a stop was requested mid-epoch."""
+def epoch_order(seed: int, epoch: int, count: int, device: torch.device) -> torch.Tensor:
+    """The order of the training set in ``epoch``: a permutation drawn from a generator seeded by
+    (seed, epoch), so that a resumed run visits the same batches."""
+    return torch.randperm(count, generator=derived_generator(torch.device("cpu"), seed, epoch)).to(device)
+
+
+def train_step(options: dict[str, Any], model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
+               order: torch.Tensor, step: Tick, normalizer: nn.Module, states: dict[str, Any], run: RunLifecycle,
+               meter: EpochMeter, numerics: Numerics) -> None:
+    """One supervised step: the ``step.step``-th batch of the epoch's ``order``, augmented by a
+    generator of (seed, epoch, step), cross-entropy, optimizer step (skipped on a non-finite loss
+    under ``--nan_policy skip``)."""
     images_all, labels_all = data
     info = registry.get_dataset(options["dataset"])
-    position, device, batch_size = run.position, numerics.device, options["batch_size"]
+    device, batch_size = numerics.device, options["batch_size"]
     optimizer, scaler = states["optimizer"], states["scaler"]
-    epoch = position["epoch"]
-    order = torch.randperm(images_all.shape[0],
-                           generator=derived_generator(torch.device("cpu"), options["seed"], epoch)).to(device)
-    steps = math.ceil(images_all.shape[0] / batch_size)
-    for step in tqdm(range(position["step"], steps), desc=f"epoch {epoch}", leave=False,
-                     disable=not options["progress"], initial=position["step"], total=steps):
-        indices = order[step * batch_size:(step + 1) * batch_size]
-        images = images_all[indices]
-        if info.train_augmentation:   # the dataset's training augmentation (§2.1; none for digits, §20.1)
-            generator = derived_generator(device, options["seed"], epoch, step)
-            images = random_crop_flip(images, padding=info.train_padding, flip_prob=0.5 if info.train_flip else 0.0,
-                                      generator=generator)
-        images = normalizer(to_unit_float(images))
-        if numerics.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels_all[indices]
-        with autocast(device, numerics.autocast_dtype):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        if options["nan_policy"] != "skip" or all_finite(iter([loss])):
-            run.observe(step, {"cross_entropy": loss})
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            accuracy = 100.0 * (logits.detach().argmax(1) == labels).float().mean()
-            meter.add({"train_loss": loss, "train_acc1": accuracy}, weight=labels.shape[0])
-            meter.images += labels.shape[0]
-        position["step"] = step + 1
-        if (step + 1) % options["log_interval"] == 0:
-            run.check_losses(epoch)
-        if run.should_stop() and step + 1 < steps:
-            return True
-    return False
+    indices = order[step.step * batch_size:(step.step + 1) * batch_size]
+    images = images_all[indices]
+    if info.train_augmentation:   # the dataset's training augmentation (§2.1; none for digits, §20.1)
+        generator = derived_generator(device, options["seed"], step.epoch, step.step)
+        images = random_crop_flip(images, padding=info.train_padding, flip_prob=0.5 if info.train_flip else 0.0,
+                                  generator=generator)
+    images = normalizer(to_unit_float(images))
+    if numerics.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels_all[indices]
+    with autocast(device, numerics.autocast_dtype):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    if options["nan_policy"] != "skip" or all_finite(iter([loss])):
+        run.observe(step.step, {"cross_entropy": loss})
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        accuracy = 100.0 * (logits.detach().argmax(1) == labels).float().mean()
+        meter.add({"train_loss": loss, "train_acc1": accuracy}, weight=labels.shape[0])
+        meter.images += labels.shape[0]
+    if (step.step + 1) % options["log_interval"] == 0:
+        run.check_losses(step.epoch)
 
 
 def publish_teacher(run: RunLifecycle, pretrained: Path) -> None:

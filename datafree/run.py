@@ -6,14 +6,17 @@ synthesizer) and run their own steps; everything around the steps is :class:`Run
 1. :meth:`RunLifecycle.open` — validate ``--save_dir`` (:class:`~datafree.run_directory.RunDirectory`),
    and for ``--resume`` read ``last.pth`` (``weights_only``) and check that the configuration is
    the same (paths excluded); only then create the directory, its marker and ``config.yaml``.
-2. :meth:`RunLifecycle.attach` — restore every state from ``last.pth``, or write the first
-   ``last.pth`` **before the first step**, so that a stop at any moment (signal, ``kill -9``,
-   NaN, full disk) leaves something ``--resume`` continues.
-3. per epoch: :meth:`begin_epoch` (an :class:`EpochMeter` that sums loss terms on the device),
-   :meth:`observe` / :meth:`check_losses` (NaN watch), :meth:`should_stop` (signals and
-   ``--max_minutes``) and :meth:`interrupt` (save, print how to continue);
-   :meth:`end_epoch` — evaluation record, best tracking, ``metrics.jsonl`` / TensorBoard,
-   ``best.pth`` and ``last.pth``.
+2. :meth:`RunLifecycle.attach` — take the run's :class:`~datafree.plan.Plan` (its ticks: synthesis
+   rounds, KD or training steps, epoch ends) and restore every state and ``run.tick`` (the next
+   tick to run, the whole resumable position) from ``last.pth``, or write the first ``last.pth``
+   **before the first tick**, so that a stop at any moment (signal, ``kill -9``, NaN, full disk)
+   leaves something ``--resume`` continues.
+3. the loop, ``for tick in range(run.tick, len(plan))``: per epoch :meth:`begin_epoch` (an
+   :class:`EpochMeter` that sums loss terms on the device, and the progress bar),
+   :meth:`observe` / :meth:`check_losses` (NaN watch); after every tick :meth:`stop_after` (the
+   tick is done; the tick's one stop check: signals and ``--max_minutes``) and, when it says so,
+   :meth:`interrupt` (save, print how to continue); :meth:`end_epoch` — evaluation record, best
+   tracking, ``metrics.jsonl`` / TensorBoard, ``best.pth`` and ``last.pth``.
 4. :meth:`finish` — ``summary.json`` (best, last, mean of the last 5 epochs, wall time, peak
    memory, precision) from ``metrics.jsonl``.
 
@@ -28,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from datafree import distributed
 from datafree.checkpoints import (CHECKPOINT_FORMAT, WriteError, atomic_save, atomic_write_text, load_checkpoint,
@@ -36,6 +40,7 @@ from datafree.cli import check_resume_config, resume_hint
 from datafree.errors import CheckpointError
 from datafree.metrics_log import readable_records
 from datafree.numerics import peak_memory_mb
+from datafree.plan import Plan
 from datafree.run_directory import MetricsLogger, RunDirectory
 from datafree.seeding import capture_rng_state, restore_rng_state
 from datafree.signals import StopRequest
@@ -131,7 +136,9 @@ class RunLifecycle:
         self.checkpoint: dict[str, Any] | None = None
         self.states: dict[str, Any] = {}
         self.model: nn.Module | None = None
-        self.position: dict[str, int] = {}
+        self.plan: Plan | None = None
+        self.tick = 0
+        self.bar: tqdm | None = None
         self.partial: dict[str, Any] = {}
         self.best_acc1 = 0.0
         self.best_fidelity: dict[str, float] = {}
@@ -167,23 +174,31 @@ class RunLifecycle:
             self.checkpoint = self.read_last()
 
     def read_last(self) -> dict[str, Any]:
-        """``last.pth`` of this directory, checked to be a checkpoint of this kind and version."""
+        """``last.pth`` of this directory, checked to be a checkpoint of this kind and version.
+
+        A checkpoint from before the tick format (its position a dict of epoch, round, ... and no
+        ``tick``) is refused in one line: the position cannot be carried over reliably.
+        """
         path = self.run_dir / "last.pth"
         checkpoint = load_checkpoint(path)
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
                 or checkpoint.get("kind") != self.kind:
             raise CheckpointError(f"{path} was written by another version of datafree (or another program) and "
                                   "cannot be resumed; start anew with --overwrite")
+        if "tick" not in checkpoint and isinstance(checkpoint.get("position"), dict):
+            raise CheckpointError(f"{path} predates the tick format (it stores its position as "
+                                  f"{checkpoint['position']}, not as a tick) and cannot be resumed by this version; "
+                                  "start a new run: drop --resume and pass --overwrite or another --save_dir")
         return checkpoint
 
     # ------------------------------------------------------------------ 2. attach
-    def attach(self, states: dict[str, Any], model: nn.Module, start: dict[str, int]) -> dict[str, int]:
+    def attach(self, states: dict[str, Any], model: nn.Module, plan: Plan) -> None:
         """Register what ``last.pth`` holds (name -> object with ``state_dict``/``load_state_dict``;
-        ``model`` is the classifier being trained) and restore it, or save it as the first
-        ``last.pth``. Returns the position to start from (a dict the loop updates in place)."""
-        self.states, self.model = states, model
+        ``model`` is the classifier being trained) and the run's ``plan``, and restore them, or save
+        them as the first ``last.pth``. The loop then starts at ``self.tick``."""
+        self.states, self.model, self.plan = states, model, plan
         if self.checkpoint is None:
-            self.position = dict(start)
+            self.tick = 0
             try:
                 self.save_last()
             except WriteError as error:   # e.g. a full disk: leave no half-made run behind
@@ -196,9 +211,8 @@ class RunLifecycle:
             self.restore(self.checkpoint)
             self.checkpoint = None
             if self.is_main:
-                print(f"resuming {self.run_dir} at {self.describe_position()}")
+                print(f"resuming {self.run_dir} at {self.describe_position()} ({self.describe_tick()})")
         self.logger = MetricsLogger(self.directory if self.is_main else None, self.position["epoch"])
-        return self.position
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         path = self.run_dir / "last.pth"
@@ -206,24 +220,41 @@ class RunLifecycle:
             for name, state in self.states.items():
                 state.load_state_dict(checkpoint[name])
             restore_rng_state(checkpoint["rng"])
-            self.position = dict(checkpoint["position"])
+            self.tick = int(checkpoint["tick"])
             self.best_acc1, self.best_fidelity = checkpoint["best_acc1"], dict(checkpoint["best_fidelity"])
             self.partial = checkpoint["partial_epoch"]
         except KeyError as error:
             raise CheckpointError(f"{path} lacks the entry {error}: it was written by another version of datafree "
                                   "and cannot be resumed; start anew with --overwrite") from None
+        if not 0 <= self.tick <= len(self.plan):
+            raise CheckpointError(f"{path} is at tick {self.tick}, outside this run's {len(self.plan)} ticks; "
+                                  "start anew with --overwrite")
         self.saved_at = f"the state at {self.describe_position()}"
 
+    @property
+    def position(self) -> dict[str, int]:
+        """Where the run stands (before ``self.tick``) in the plan's words: epoch, round, step, ..."""
+        return self.plan.position(self.tick)
+
     def describe_position(self) -> str:
-        return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in self.position.items())
+        return self.plan.describe(self.tick)
+
+    def describe_tick(self) -> str:
+        """``tick 7 of 14``: the next tick and the plan's length, for messages."""
+        return f"tick {self.tick} of {len(self.plan)}"
 
     # ------------------------------------------------------------------ 3. during the run
     def begin_epoch(self) -> EpochMeter:
-        """Start (or continue, after a resume) the current epoch's bookkeeping."""
+        """Start (or continue, after a resume) the bookkeeping of the epoch that holds ``self.tick``:
+        its meter, the NaN watch, peak memory, and a progress bar over the epoch's ticks before its end."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         meter, self.partial = EpochMeter(self.device, self.partial), {}
         self.watch.reset()
+        epoch = self.plan.epoch_of(self.tick)
+        ticks = self.plan.epoch_ticks(epoch)
+        self.bar = tqdm(total=len(ticks) - 1, initial=self.tick - ticks.start, desc=f"epoch {epoch}", leave=False,
+                        disable=not (self.options["progress"] and self.is_main))
         return meter
 
     def observe(self, step: int, terms: Mapping[str, torch.Tensor]) -> None:
@@ -242,25 +273,43 @@ class RunLifecycle:
             return distributed.any_rank(flag, self.context, self.device)
         return flag
 
-    def interrupt(self, epoch: int, meter: EpochMeter | None) -> dict[str, Any]:
-        """Stop now: check the losses, save ``last.pth`` with the partial epoch, say how to continue."""
-        self.check_losses(epoch)
-        partial = {} if meter is None else {**meter.state(), "seconds": meter.pause()}
+    def stop_after(self, tick: int) -> bool:
+        """``tick`` is done: the run now resumes after it, and the progress bar moves. Then the
+        tick's one stop check: True when a stop was requested (signal, ``--max_minutes``) and the
+        plan allows one before the next tick (:meth:`Plan.stop_point`). Under torchrun the check is
+        collective (an all-reduce, so the plan allows it only at round and epoch boundaries)."""
+        self.tick = tick + 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.plan.stop_point(self.tick, collective=self.context.enabled) and self.should_stop(all_ranks=True)
+
+    def close_bar(self) -> None:
+        """Close the epoch's progress bar (before the end-of-epoch lines, or a stop's)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def interrupt(self, meter: EpochMeter | None) -> dict[str, Any]:
+        """Stop before ``self.tick``: check the losses, save ``last.pth`` with the partial epoch
+        (``meter``; None between epochs, or before the first tick), say how to continue."""
+        self.close_bar()
+        self.check_losses(self.position["epoch"])
+        partial = self.partial if meter is None else {**meter.state(), "seconds": meter.pause()}
         self.save_last(partial)
         if self.is_main:
             reason = self.stop.signal_name or f"--max_minutes {self.options['max_minutes']}"
-            print(f"stopped by {reason} at {self.describe_position()}; checkpoint {self.run_dir / 'last.pth'}; "
-                  f"continue with: {resume_hint()}")
+            print(f"stopped by {reason} at {self.describe_position()} ({self.describe_tick()}); "
+                  f"checkpoint {self.run_dir / 'last.pth'}; continue with: {resume_hint()}")
         self.logger.close()
-        return {"stopped": True, "position": dict(self.position), "run_dir": str(self.run_dir)}
+        return {"stopped": True, "tick": self.tick, "position": self.position, "run_dir": str(self.run_dir)}
 
     def save_last(self, partial: dict[str, Any] | None = None) -> None:
-        """Write ``last.pth`` atomically (rank 0): every registered state, RNG, position, bests."""
+        """Write ``last.pth`` atomically (rank 0): every registered state, RNG, the tick, bests."""
         self.saved_at = f"the state at {self.describe_position()}"
         if not self.is_main:
             return
         checkpoint = {"format": CHECKPOINT_FORMAT, "kind": self.kind, **self.identity,
-                      "epoch": self.position["epoch"], "position": dict(self.position),
+                      "epoch": self.position["epoch"], "tick": self.tick,
                       "best_acc1": self.best_acc1, "best_fidelity": dict(self.best_fidelity),
                       "partial_epoch": partial or {}, "rng": capture_rng_state(), "config": self.options}
         checkpoint.update({name: state.state_dict() for name, state in self.states.items()})
@@ -270,12 +319,15 @@ class RunLifecycle:
     def end_epoch(self, epoch: int, meter: EpochMeter, record: dict[str, Any],
                   evaluate: Callable[[], dict[str, float]] | None,
                   preview: torch.Tensor | None = None) -> dict[str, Any] | None:
-        """Close ``epoch`` (the position has already moved past it): evaluate (``evaluate`` is None
-        in warm-up epochs, which are logged without accuracy), log, keep the best, save.
+        """Close ``epoch``: the run moves past its EPOCH_END tick; evaluate (``evaluate`` is None in
+        warm-up epochs, which are logged without accuracy), log, keep the best, save ``last.pth``
+        (which resumes at the next epoch).
 
         ``record`` holds the entry point's values (e.g. lr, schedule values); the meter's means,
         seconds, images/s and peak memory are added here. Returns the logged record (rank 0).
         """
+        self.close_bar()
+        self.tick = self.plan.epoch_ticks(epoch).stop
         seconds = meter.pause()
         if not self.is_main:
             self.save_last()

@@ -132,7 +132,7 @@ def test_a_nan_names_epoch_step_term_and_what_last_pth_holds(bad_step, tmp_path,
         datafree_kd.main(kd_arguments(cifar10_root, teacher_checkpoint, run, "--log_interval", "1", "--epochs", "2",
                                       "--ep_steps", "4"))
     held = torch.load(run / "last.pth", weights_only=True)
-    assert held["position"]["epoch"] == epoch
+    assert held["epoch"] == epoch
     assert all(torch.isfinite(v).all() for v in held["state_dict"].values() if v.is_floating_point())
     result = datafree_kd.main(kd_arguments(cifar10_root, teacher_checkpoint, run, "--log_interval", "1",
                                            "--epochs", "2", "--ep_steps", "4", "--resume", "--nan_policy", "skip"))
@@ -159,7 +159,7 @@ def test_a_full_disk_is_one_line_keeps_the_previous_checkpoint_and_resumes(tmp_p
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert stopped.value.code == 2 and len(lines) == 1
     assert "last.pth (No space left on device); the previous last.pth is kept" in lines[0]
-    assert torch.load(run / "last.pth", weights_only=True)["position"]["kd_step"] == 0
+    assert torch.load(run / "last.pth", weights_only=True)["tick"] == 0
     assert not list(run.glob(".*.tmp"))
     monkeypatch.setattr(torch, "save", original)
     resume_to_the_end(run, cifar10_root, teacher_checkpoint, uninterrupted)
