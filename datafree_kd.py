@@ -9,16 +9,16 @@ Real data is read only through the **test** split, for evaluation (§2.1): the t
 is never opened. Multi-GPU / multi-node: launch with ``torchrun``; ``--batch_size`` and
 ``--synthesis_batch_size`` are the global batches, split across the ranks.
 
-The loop (:func:`train`) runs the ticks of a :class:`~datafree.plan.DistillationPlan` top to
+The loop (:func:`train`) runs the ticks of a :class:`~datafree.run.plan.DistillationPlan` top to
 bottom: per epoch, for each round one ``synthesize()`` tick then ``kd_steps`` KD-step ticks (the
 first ``--warmup`` epochs synthesise only), then the end-of-epoch tick (cosine step, evaluation,
 logging, checkpoints). The resumable position is one integer, the next tick. Resumption, stops,
-the NaN watch, logging and checkpoints are :class:`datafree.run.RunLifecycle`, shared with
+the NaN watch, logging and checkpoints are :class:`datafree.run.lifecycle.RunLifecycle`, shared with
 ``train_scratch.py``.
 """
 from __future__ import annotations
 
-from datafree import signals  # no torch: catches SIGINT / SIGTERM while the rest imports
+from datafree.run import signals  # no torch: catches SIGINT / SIGTERM while the rest imports
 
 if __name__ == "__main__":
     signals.catch_early()
@@ -32,22 +32,24 @@ import torch
 import torch.nn as nn
 
 import registry
-from datafree import distributed
-from datafree.checkpoints import file_sha256, load_classifier
-from datafree.cli import ArgumentParser, add_common_arguments, first_line, resolved_config, run_cli
+from datafree.run import distributed
+from datafree.digests import file_sha256
+from datafree.errors import first_line
+from datafree.run.checkpoints import load_classifier
+from datafree.run.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
 from datafree.data import DatasetError, TensorLoader, download, load_split
 from datafree.errors import CheckpointError, UsageError
-from datafree.evaluation import evaluate
-from datafree.hooks import freeze
+from datafree.run.evaluation import evaluate
+from datafree.synthesis.hooks import freeze
 from datafree.models import Normalizer
-from datafree.numerics import (Numerics, autocast, environment_info, maybe_compile, memory_bytes, resolve_device,
+from datafree.run.numerics import (Numerics, autocast, environment_info, maybe_compile, memory_bytes, resolve_device,
                                to_memory_format, unwrap)
 from datafree.options import add_option_flags, option_readers, refuse_foreign_flags
-from datafree.plan import KD_STEP, SYNTHESIS, DistillationPlan
-from datafree.run import RunLifecycle
-from datafree.seeding import seed_everything
-from datafree.signals import StopRequest
-from datafree.stopping import all_finite
+from datafree.run.plan import KD_STEP, SYNTHESIS, DistillationPlan
+from datafree.run.lifecycle import RunLifecycle
+from datafree.run.seeding import seed_everything
+from datafree.run.signals import StopRequest
+from datafree.run.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
 
 

@@ -15,13 +15,13 @@ Resumption is exact: the order of the training set in epoch e and the augmentati
 are drawn from generators seeded by (seed, e) and (seed, e, s), so a run stopped anywhere
 (``--max_minutes``, SIGINT/SIGTERM, kill -9 after the first checkpoint, which is written before
 the first step) and resumed with ``--resume`` reaches the same weights as an uninterrupted one.
-The loop runs the ticks of an :class:`~datafree.plan.EpochPlan` (per epoch, its training steps,
+The loop runs the ticks of an :class:`~datafree.run.plan.EpochPlan` (per epoch, its training steps,
 then its end); the resumable position is one integer, the next tick. Resumption, stops, logging
-and checkpoints are :class:`datafree.run.RunLifecycle`, shared with ``datafree_kd.py``.
+and checkpoints are :class:`datafree.run.lifecycle.RunLifecycle`, shared with ``datafree_kd.py``.
 """
 from __future__ import annotations
 
-from datafree import signals  # no torch: catches SIGINT / SIGTERM while the rest imports
+from datafree.run import signals  # no torch: catches SIGINT / SIGTERM while the rest imports
 
 if __name__ == "__main__":
     signals.catch_early()
@@ -39,19 +39,19 @@ import torch.nn.functional as F
 
 import registry
 from datafree.augment import random_crop_flip, to_unit_float
-from datafree.checkpoints import write_error
-from datafree.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
+from datafree.run.checkpoints import write_error
+from datafree.run.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
 from datafree.data import DATASETS, DatasetError, TensorLoader, download, load_split
 from datafree.errors import UsageError
-from datafree.evaluation import evaluate
+from datafree.run.evaluation import evaluate
 from datafree.models import Normalizer
-from datafree.numerics import Numerics, autocast, environment_info, resolve_device, to_memory_format
+from datafree.run.numerics import Numerics, autocast, environment_info, resolve_device, to_memory_format
 from datafree.options import Options, add_option_flags, option
-from datafree.plan import TRAIN_STEP, EpochPlan, Tick
-from datafree.run import EpochMeter, RunLifecycle
-from datafree.seeding import derived_generator, seed_everything
-from datafree.signals import StopRequest
-from datafree.stopping import all_finite
+from datafree.run.plan import TRAIN_STEP, EpochPlan, Tick
+from datafree.run.lifecycle import EpochMeter, RunLifecycle
+from datafree.run.seeding import derived_generator, seed_everything
+from datafree.run.signals import StopRequest
+from datafree.run.stopping import all_finite
 
 #: The §2.2 recipe; a dataset's ``scratch_defaults`` override it for the flags left unset.
 REFERENCE_RECIPE = {"optimizer": "sgd", "epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9,

@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datafree_kd  # noqa: E402
 import registry  # noqa: E402
-from datafree import distributed  # noqa: E402
-from datafree.checkpoints import atomic_write_text, write_error  # noqa: E402
-from datafree.cli import ArgumentParser, run_cli  # noqa: E402
+from datafree.run import distributed  # noqa: E402
+from datafree.run.checkpoints import atomic_write_text, write_error  # noqa: E402
+from datafree.run.cli import ArgumentParser, run_cli  # noqa: E402
 from datafree.errors import UsageError  # noqa: E402
-from datafree.hooks import freeze  # noqa: E402
-from datafree.numerics import Numerics, device_description, resolve_device, to_memory_format  # noqa: E402
+from datafree.synthesis.hooks import freeze  # noqa: E402
+from datafree.run.numerics import Numerics, device_description, resolve_device, to_memory_format  # noqa: E402
 from datafree.options import option_readers  # noqa: E402
-from datafree.seeding import seed_everything  # noqa: E402
+from datafree.run.seeding import seed_everything  # noqa: E402
 
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("bf16", True),
             "fp32_compile": ("fp32", True)}

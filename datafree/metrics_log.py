@@ -1,6 +1,6 @@
 """The one reader of ``metrics.jsonl``, the per-epoch log of a run directory.
 
-:class:`~datafree.run_directory.MetricsLogger` appends one JSON object per epoch and flushes it,
+:class:`~datafree.run.directory.MetricsLogger` appends one JSON object per epoch and flushes it,
 so a crash (``kill -9``, a full disk) can leave the last line cut short. Every reader of the file
 goes through :func:`read_metrics_lines`, which numbers the lines as an editor does, skips blank
 lines and, instead of failing on an unreadable line, says what is wrong with it. Each user then

@@ -10,12 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import datafree_kd
-from datafree import criterions, curriculum
-from datafree.distributed import DistributedContext
-from datafree.hooks import freeze
+from datafree.synthesis import criterions, curriculum
+from datafree.run.distributed import DistributedContext
+from datafree.synthesis.hooks import freeze
 from datafree.models import Normalizer
-from datafree.numerics import Numerics
-from datafree.pool import NegativeQueue
+from datafree.run.numerics import Numerics
+from datafree.synthesis.pool import NegativeQueue
 from datafree.synthesis import cudfkd
 from datafree.synthesis.adadfkd import AdaDFKDSynthesizer
 from datafree.synthesis.base import SynthesisSetup

@@ -22,7 +22,7 @@ import torch
 import datafree_kd
 import registry
 from conftest import distill_args
-from datafree.cli import run_cli
+from datafree.run.cli import run_cli
 from datafree.options import option
 from datafree.published import Published
 from datafree.report.cli import main as report_main

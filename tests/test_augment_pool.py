@@ -16,7 +16,7 @@ from datafree.augment import (
     random_resized_crop_flip,
     to_unit_float,
 )
-from datafree.pool import ImagePool, MemoryBank, quantize_images
+from datafree.synthesis.pool import ImagePool, MemoryBank, quantize_images
 
 
 def _seeded(seed: int) -> torch.Generator:

@@ -25,9 +25,11 @@ import registry
 import train_scratch
 from cifar_fixtures import write_cifar
 from conftest import REPO, distill_args
-from datafree import checkpoints, report
-from datafree.cli import run_cli
-from datafree.run_directory import RunDirectory
+from datafree.digests import file_sha256
+from datafree.run import checkpoints
+from datafree import report
+from datafree.run.cli import run_cli
+from datafree.run.directory import RunDirectory
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import throughput  # noqa: E402
@@ -188,7 +190,7 @@ def fake_run(path: Path, kind: str, kd_args: list[str]) -> Path:
     directory = RunDirectory(path, kind)
     directory.open("new")
     options = datafree_kd.resolve_options(datafree_kd.build_parser().parse_args(kd_args))
-    directory.write_config({**options, "teacher_sha256": checkpoints.file_sha256(Path(options["teacher_ckpt"]))})
+    directory.write_config({**options, "teacher_sha256": file_sha256(Path(options["teacher_ckpt"]))})
     checkpoints.atomic_save({"format": checkpoints.CHECKPOINT_FORMAT, "kind": kind}, path / "last.pth")
     (path / "user_notes.txt").write_text("mine")
     return path

@@ -13,7 +13,7 @@ import torch
 import datafree_kd
 import registry
 from conftest import distill_args
-from datafree.checkpoints import load_classifier
+from datafree.run.checkpoints import load_classifier
 from datafree.errors import CheckpointError
 
 

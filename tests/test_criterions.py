@@ -1,4 +1,4 @@
-"""Tests for datafree.criterions (§3.1, §4.5, §5.2) and datafree.hooks (§3.2, §4.5).
+"""Tests for datafree.synthesis.criterions (§3.1, §4.5, §5.2) and datafree.synthesis.hooks (§3.2, §4.5).
 
 Expected values are computed independently with numpy / explicit formulas on small logits.
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from datafree import criterions
-from datafree.hooks import BatchNormStatisticsHook, InstanceFeatureHook, freeze, instance_feature_modules
+from datafree.synthesis import criterions
+from datafree.synthesis.hooks import BatchNormStatisticsHook, InstanceFeatureHook, freeze, instance_feature_modules
 
 STUDENT = np.array([[1.0, 2.0, 0.5], [0.2, -1.0, 3.0]])
 TEACHER = np.array([[0.5, 1.5, -0.5], [2.0, 0.1, 0.3]])  # row 0 agrees with STUDENT (class 1), row 1 does not

@@ -25,7 +25,7 @@ import yaml
 import datafree_kd
 import registry
 from conftest import REPO, distill_args
-from datafree import numerics, stopping
+from datafree.run import numerics, stopping
 from test_distributed import run_two_ranks
 from test_hot_loop import KD_STEPS, build
 

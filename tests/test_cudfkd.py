@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import datafree_kd
-from datafree import curriculum
-from datafree.hooks import freeze
+from datafree.synthesis import curriculum
+from datafree.synthesis.hooks import freeze
 from datafree.models import Normalizer
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer

@@ -1,4 +1,4 @@
-"""Tests for datafree.curriculum: self-paced weights (§5.3), pace (§5.4), adversarial ramp (§5.5)."""
+"""Tests for datafree.synthesis.curriculum: self-paced weights (§5.3), pace (§5.4), adversarial ramp (§5.5)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from datafree import curriculum
+from datafree.synthesis import curriculum
 
 # §5.3 "Example values" of the logistic weight, λ -> values at ℓ = 0, 0.5, 1, 2, 3, 4, 6, 8.
 LOG_TABLE_LOSSES = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0]

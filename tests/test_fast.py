@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 import datafree_kd
 from datafree.augment import random_crop_flip
-from datafree.criterions import adversarial_kl_masked
-from datafree.distributed import DistributedContext
+from datafree.synthesis.criterions import adversarial_kl_masked
+from datafree.run.distributed import DistributedContext
 from datafree.errors import UsageError
-from datafree.hooks import BatchNormStatisticsHook, freeze
+from datafree.synthesis.hooks import BatchNormStatisticsHook, freeze
 from datafree.models import Normalizer
-from datafree.numerics import Numerics
+from datafree.run.numerics import Numerics
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.fast import FAST_VARIANTS, REPTILE_SCALE, FastSynthesizer
 from tiny_models import TinyCNN
@@ -139,7 +139,7 @@ def test_reptile_meta_gradient_is_67_times_the_weight_change():
         assert not torch.equal(meta.detach(), theta)
 
 
-# ------------------------------------------------------------------ (iii) momentum BN hook (datafree/hooks.py)
+# ------------------------------------------------------------------ (iii) momentum BN hook (datafree/synthesis/hooks.py)
 def test_momentum_bn_loss_by_hand():
     """r = ‖σ̂² − blend(σ²)‖ + ‖μ̂ − blend(μ)‖; after the first update blend = (1−m)·batch + m·memory (§10.4)."""
     layer = nn.BatchNorm2d(2)

@@ -1,4 +1,4 @@
-"""Tests for datafree.fidelity: Agreement@1 and probability loyalty (§6.3)."""
+"""Tests for datafree.run.fidelity: Agreement@1 and probability loyalty (§6.3)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from datafree import fidelity
+from datafree.run import fidelity
 
 EPSILON = 1e-8
 

@@ -21,9 +21,9 @@ import torch
 import datafree_kd
 from conftest import narrow_generator, tiny_method_flags
 import registry
-from datafree import stopping
-from datafree.distributed import DistributedContext
-from datafree.numerics import Numerics
+from datafree.run import stopping
+from datafree.run.distributed import DistributedContext
+from datafree.run.numerics import Numerics
 
 REPO_FILES = (f"{os.sep}datafree{os.sep}", f"{os.sep}datafree_kd.py")
 SYNCING_METHODS = ("item", "__bool__", "__float__", "__int__", "tolist")

@@ -19,9 +19,9 @@ import torch.nn as nn
 import yaml
 
 import datafree_kd
-from datafree import label_embeddings
+from datafree.synthesis import label_embeddings
 from datafree.errors import UsageError
-from datafree.hooks import freeze
+from datafree.synthesis.hooks import freeze
 from datafree.models import GeneratorS, Normalizer, NoisyLayerGenerator, reset_default_init
 from datafree.models.generators import NoisyLayers
 from datafree.synthesis.base import SynthesisSetup

@@ -9,7 +9,7 @@ import pytest
 
 import datafree_kd
 import registry
-from datafree.cli import run_cli
+from datafree.run.cli import run_cli
 from datafree.errors import UsageError
 from datafree.options import Options, add_option_flags, option, option_readers
 from datafree.synthesis.adadfkd import AdaDFKDSynthesizer

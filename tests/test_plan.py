@@ -1,10 +1,10 @@
-"""The plan of ticks (datafree/plan.py): every tick written out by hand, lengths, stop points, and
+"""The plan of ticks (datafree/run/plan.py): every tick written out by hand, lengths, stop points, and
 the same sequence as the nested loops (epochs, rounds, KD steps) it replaced."""
 from __future__ import annotations
 
 import pytest
 
-from datafree.plan import EPOCH_END, KD_STEP, SYNTHESIS, TRAIN_STEP, DistillationPlan, EpochPlan, Tick
+from datafree.run.plan import EPOCH_END, KD_STEP, SYNTHESIS, TRAIN_STEP, DistillationPlan, EpochPlan, Tick
 
 S, K, E = SYNTHESIS, KD_STEP, EPOCH_END
 
@@ -153,7 +153,7 @@ def test_a_checkpoint_from_before_the_tick_format_is_refused_in_one_line(program
     import datafree_kd
     import train_scratch
     from conftest import distill_args
-    from datafree.cli import run_cli
+    from datafree.run.cli import run_cli
 
     run = tmp_path / "run"
     if program == "datafree_kd":

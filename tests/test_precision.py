@@ -10,7 +10,7 @@ import torch
 import datafree_kd
 from conftest import narrow_generator, tiny_method_flags
 import registry
-from datafree import numerics
+from datafree.run import numerics
 
 
 def test_bf16_and_fp32_forward_agree_on_a_fixed_batch():
@@ -104,7 +104,7 @@ def test_cudnn_autotuning_unless_deterministic(device, deterministic, autotune, 
 
 
 def build_fp16_synthesizer(method, tmp_path, cifar10_root, tiny_teacher):
-    from datafree.distributed import DistributedContext
+    from datafree.run.distributed import DistributedContext
 
     args = datafree_kd.build_parser().parse_args([
         "--method", method, "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",
@@ -146,7 +146,7 @@ def test_fp16_synthesis_steps_go_through_a_loss_scaler(method, tmp_path, cifar10
 def test_precision_defaults_to_fp32_and_evaluation_always_runs_in_fp32(tmp_path, cifar10_root, tiny_teacher):
     """The reference numerics by default (§7 item 22); a bf16 run is still measured in fp32, so its
     logged accuracy equals an fp32 evaluation of the same weights, and its precision is recorded."""
-    from datafree.evaluation import evaluate
+    from datafree.run.evaluation import evaluate
     from tiny_models import TinyCNN
 
     common = ["--method", "cudfkd", "--dataset", "cifar10", "--teacher", "tiny_cnn", "--student", "tiny_cnn",

@@ -9,8 +9,8 @@ import torch
 
 import datafree_kd
 from conftest import distill_args
-from datafree.checkpoints import WriteError
-from datafree.cli import first_line
+from datafree.run.checkpoints import WriteError
+from datafree.errors import first_line
 
 
 def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_run(tmp_path, cifar10_root,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import datafree_kd
-from datafree.hooks import freeze
+from datafree.synthesis.hooks import freeze
 from datafree.models import Normalizer
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer

@@ -22,7 +22,7 @@ import torch
 
 import datafree_kd
 from conftest import REPO, distill_args
-from datafree.cli import run_cli
+from datafree.run.cli import run_cli
 from datafree.errors import NonFiniteLossError, UsageError
 from datafree.synthesis.dafl import DAFLSynthesizer
 

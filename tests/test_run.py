@@ -1,5 +1,5 @@
 """The run lifecycle's parts: atomic writes, safe loads, run directories, metrics log, NaN watch,
-evaluation, RNG states (datafree/checkpoints.py, run_directory.py, run.py, stopping.py, seeding.py)."""
+evaluation, RNG states (datafree/run/checkpoints.py, run_directory.py, run.py, stopping.py, seeding.py)."""
 from __future__ import annotations
 
 import errno
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from datafree import checkpoints, evaluation, seeding
+from datafree.run import checkpoints, evaluation, seeding
 from datafree.errors import CheckpointError, NonFiniteLossError
 from datafree.metrics_log import read_metrics_lines, readable_records
-from datafree.run import EpochMeter
-from datafree.run_directory import MARKER, MetricsLogger, RunDirectory, RunDirectoryError
-from datafree.stopping import LossWatch
+from datafree.run.lifecycle import EpochMeter
+from datafree.run.directory import MARKER, MetricsLogger, RunDirectory, RunDirectoryError
+from datafree.run.stopping import LossWatch
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

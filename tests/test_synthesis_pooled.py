@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from datafree.errors import UsageError
 from datafree.options import add_option_flags
-from datafree.hooks import freeze
+from datafree.synthesis.hooks import freeze
 from datafree.models import GeneratorS, Normalizer, reset_generator_init
 from datafree.synthesis.adi import ADISynthesizer
 from datafree.synthesis.base import SynthesisSetup

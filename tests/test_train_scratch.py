@@ -9,7 +9,7 @@ import yaml
 
 import registry
 import train_scratch
-from datafree import checkpoints
+from datafree.run import checkpoints
 from datafree.errors import CheckpointError, UsageError
 
 

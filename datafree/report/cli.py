@@ -4,7 +4,7 @@ Loads every run directory first, so a bad one ends the command before anything i
 then writes ``results.md``, ``accuracy.csv``, ``stability.csv`` and ``accuracy.png``. Every
 foreseeable mistake (a bad flag value, an unreadable run directory, an output directory that
 cannot be written) is one line ``error: ...`` on stderr and exit status 2, like the other
-commands (:mod:`datafree.cli`, :mod:`datafree.errors`).
+commands (:mod:`datafree.run.cli`, :mod:`datafree.errors`).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def non_negative_int(flag: str) -> Callable[[str], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``python -m datafree.report`` (one-line errors, no abbreviations)."""
-    from datafree.cli import ArgumentParser
+    from datafree.run.cli import ArgumentParser
 
     parser = ArgumentParser(
         prog="python -m datafree.report",

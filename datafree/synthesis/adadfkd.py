@@ -34,10 +34,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree import curriculum
-from datafree.criterions import infonce, r2m_loss
+from datafree.synthesis import curriculum
+from datafree.synthesis.criterions import infonce, r2m_loss
 from datafree.options import option
-from datafree.pool import NegativeQueue
+from datafree.synthesis.pool import NegativeQueue
 from datafree.published import Published
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from datafree.augment import jitter_flip
-from datafree.criterions import js_divergence_ref, total_variation
+from datafree.synthesis.criterions import js_divergence_ref, total_variation
 from datafree.options import option
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, Terms

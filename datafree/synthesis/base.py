@@ -35,12 +35,12 @@ import torch
 import torch.nn as nn
 
 from datafree.augment import random_crop_flip
-from datafree.criterions import kl_divergence
+from datafree.synthesis.criterions import kl_divergence
 from datafree.errors import UsageError
-from datafree.hooks import BatchNormStatisticsHook
-from datafree.numerics import autocast
+from datafree.synthesis.hooks import BatchNormStatisticsHook
+from datafree.run.numerics import autocast
 from datafree.options import Options, option
-from datafree.seeding import MAX_SEED
+from datafree.run.seeding import MAX_SEED
 from datafree.synthesis.recipe import Recipe
 
 #: Offsets that make the two RNG streams of one (seed, rank) distinct.

@@ -10,10 +10,10 @@ RNG) and a learnable latent batch ``z``, and trains both with one fresh Adam for
 4-px zero padding + flip) and a **local** view (random resized crop, scale [0.25, 1] + flip),
 both normalised. The teacher's pass on the global view gives ``t``, ``L_bn`` (§3.2) and the
 instance features ``hg`` (per-sample spatial means of the inputs of
-:func:`datafree.hooks.instance_feature_modules`, dim ``d``); its pass on the local view gives
+:func:`datafree.synthesis.hooks.instance_feature_modules`, dim ``d``); its pass on the local view gives
 ``hl``. ``L_adv`` is the masked KL at T = 1 against the student (eval), only when ``adv > 0``.
 
-Contrastive prior ``L_cr`` (:func:`datafree.criterions.contrastive_loss`): a projection head
+Contrastive prior ``L_cr`` (:func:`datafree.synthesis.criterions.contrastive_loss`): a projection head
 (Linear(d, d) → ReLU → Linear(d, head_dim) → L2-normalise) that persists for the whole run,
 with its own Adam, projects ``[hl; cl; hg; cg]``, where ``(cl, cg)`` are up to ``n_neg`` rows
 drawn from a memory bank of earlier instances. Local projections are matched against the
@@ -39,12 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.augment import random_resized_crop_flip
-from datafree.criterions import contrastive_loss
+from datafree.synthesis.criterions import contrastive_loss
 from datafree.errors import UsageError
-from datafree.hooks import InstanceFeatureHook, instance_feature_modules
+from datafree.synthesis.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.options import option
-from datafree.pool import MemoryBank
+from datafree.synthesis.pool import MemoryBank
 from datafree.published import CUDFKD_SOURCE, Published
 from datafree.synthesis.base import LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from datafree import curriculum
-from datafree.criterions import (activation_loss, adversarial_js_ref, adversarial_kl_masked, batch_mean_entropy,
+from datafree.synthesis import curriculum
+from datafree.synthesis.criterions import (activation_loss, adversarial_js_ref, adversarial_kl_masked, batch_mean_entropy,
                                  l1_logits, l2_logits, per_sample_kl, pseudo_label_cross_entropy)
 from datafree.errors import UsageError
 from datafree.models import CurriculumGenerator, reset_generator_init

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from datafree.criterions import activation_loss, class_balance_loss, kl_divergence, pseudo_label_cross_entropy
+from datafree.synthesis.criterions import activation_loss, class_balance_loss, kl_divergence, pseudo_label_cross_entropy
 from datafree.errors import UsageError
 from datafree.models import LargeGenerator, ReferenceGenerator
 from datafree.models.generators import GENERATOR_OUTPUTS

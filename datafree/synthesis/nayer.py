@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from datafree import label_embeddings
+from datafree.synthesis import label_embeddings
 from datafree.errors import UsageError
 from datafree.models import NoisyLayerGenerator, reset_default_init
 from datafree.options import derived, option

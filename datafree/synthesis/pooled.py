@@ -10,7 +10,7 @@ padding, horizontal flip, normalise).
 
 [CLEAN] (§3.5, §7 item 1): instead of the references' folder of 8-bit PNGs re-read by a new
 DataLoader after every synthesis, the pool is one uint8 tensor on the run's device
-(:class:`datafree.pool.ImagePool`, same 8-bit quantisation as the PNG round trip), and the
+(:class:`datafree.synthesis.pool.ImagePool`, same 8-bit quantisation as the PNG round trip), and the
 crop/flip/normalise runs batched on the device with the synthesizer's own RNG stream.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from datafree.augment import to_unit_float
-from datafree.criterions import adversarial_kl_masked
-from datafree.pool import ImagePool
+from datafree.synthesis.criterions import adversarial_kl_masked
+from datafree.synthesis.pool import ImagePool
 from datafree.synthesis.base import LoopOptions, SynthesisSetup, Synthesizer
 
 #: One inversion iterate: the weighted terms of L (name -> (weight, value)) and the tensors to keep

@@ -3,10 +3,10 @@
 Both entry points build their own parts (a model and its data, or a student, a teacher and a
 synthesizer) and run their own steps; everything around the steps is :class:`RunLifecycle`:
 
-1. :meth:`RunLifecycle.open` — validate ``--save_dir`` (:class:`~datafree.run_directory.RunDirectory`),
+1. :meth:`RunLifecycle.open` — validate ``--save_dir`` (:class:`~datafree.run.directory.RunDirectory`),
    and for ``--resume`` read ``last.pth`` (``weights_only``) and check that the configuration is
    the same (paths excluded); only then create the directory, its marker and ``config.yaml``.
-2. :meth:`RunLifecycle.attach` — take the run's :class:`~datafree.plan.Plan` (its ticks: synthesis
+2. :meth:`RunLifecycle.attach` — take the run's :class:`~datafree.run.plan.Plan` (its ticks: synthesis
    rounds, KD or training steps, epoch ends) and restore every state and ``run.tick`` (the next
    tick to run, the whole resumable position) from ``last.pth``, or write the first ``last.pth``
    **before the first tick**, so that a stop at any moment (signal, ``kill -9``, NaN, full disk)
@@ -33,18 +33,18 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from datafree import distributed
-from datafree.checkpoints import (CHECKPOINT_FORMAT, WriteError, atomic_save, atomic_write_text, load_checkpoint,
+from datafree.run import distributed
+from datafree.run.checkpoints import (CHECKPOINT_FORMAT, WriteError, atomic_save, atomic_write_text, load_checkpoint,
                                   save_classifier)
-from datafree.cli import check_resume_config, resume_hint
+from datafree.run.cli import check_resume_config, resume_hint
 from datafree.errors import CheckpointError
 from datafree.metrics_log import readable_records
-from datafree.numerics import peak_memory_mb
-from datafree.plan import Plan
-from datafree.run_directory import MetricsLogger, RunDirectory
-from datafree.seeding import capture_rng_state, restore_rng_state
-from datafree.signals import StopRequest
-from datafree.stopping import LossWatch, TimeBudget
+from datafree.run.numerics import peak_memory_mb
+from datafree.run.plan import Plan
+from datafree.run.directory import MetricsLogger, RunDirectory
+from datafree.run.seeding import capture_rng_state, restore_rng_state
+from datafree.run.signals import StopRequest
+from datafree.run.stopping import LossWatch, TimeBudget
 
 #: Fidelity metrics (§6.3) whose best value over epochs is tracked.
 FIDELITY_KEYS = ("agreement1", "prob_loyalty_ref", "prob_loyalty_js")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from datafree.checkpoints import atomic_write_text, temporary_path
+from datafree.run.checkpoints import atomic_write_text, temporary_path
 from datafree.errors import UsageError
 from datafree.metrics_log import read_metrics_lines
 

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from datafree.checkpoints import file_sha256
-from datafree.cli import first_line
-from datafree.errors import UsageError
+from datafree.digests import file_sha256
+from datafree.errors import UsageError, first_line
 
 TEACHER_FC, RANDOM = "teacher_fc", "random"
 KEYWORDS = (TEACHER_FC, RANDOM)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.errors import UsageError
-from datafree.fidelity import FidelityMeter
+from datafree.run.fidelity import FidelityMeter
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """When a run stops early: the ``--max_minutes`` budget and non-finite losses (signals:
-:mod:`datafree.signals`).
+:mod:`datafree.run.signals`).
 
 Every early stop ends in a state ``--resume`` continues (the run lifecycle in
-:mod:`datafree.run` writes ``last.pth`` before the first step and at every stop):
+:mod:`datafree.run.lifecycle` writes ``last.pth`` before the first step and at every stop):
 
 * :class:`TimeBudget` says when ``--max_minutes`` is spent.
 * :class:`LossWatch` notices NaN / infinite losses without a host sync per step; ``check``

@@ -23,8 +23,8 @@ from typing import Any, Callable
 import torch
 
 from datafree.data import DATASETS
-from datafree.errors import NonFiniteLossError, UsageError
-from datafree.seeding import MAX_SEED
+from datafree.errors import NonFiniteLossError, UsageError, first_line
+from datafree.run.seeding import MAX_SEED
 
 #: Arguments that may differ between an interrupted run and its resumption: they change
 #: where and how fast a run goes, or where its inputs live, not what it computes.
@@ -62,14 +62,6 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
 def fail(message: str, code: int) -> None:
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
-
-
-def first_line(error: BaseException, limit: int = 160) -> str:
-    """The first line of an error's message, cut at a word boundary (with "...") beyond ``limit`` characters."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if len(line) <= limit:
-        return line
-    return line[:limit].rsplit(" ", 1)[0].rstrip(" ,.;:") + " ..."
 
 
 class ArgumentParser(argparse.ArgumentParser):

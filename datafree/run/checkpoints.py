@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import pickle
 import re
@@ -30,7 +29,7 @@ import torch.nn as nn
 
 from datafree.errors import CheckpointError, UsageError
 from datafree.models import ARCH_ALIASES, CLASSIFIERS
-from datafree.numerics import unwrap
+from datafree.run.numerics import unwrap
 
 #: Version of the checkpoints this package writes; a ``last.pth`` of another version is refused.
 CHECKPOINT_FORMAT = 2
@@ -111,15 +110,6 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise write_error(path, error, kept=path.exists()) from None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the teacher and NAYER's embeddings are recorded by it in config.yaml)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _refused_global(error: Exception) -> str | None:
