@@ -45,6 +45,7 @@ from datafree.models import Normalizer
 from datafree.run.numerics import (Numerics, autocast, environment_info, maybe_compile, memory_bytes, resolve_device,
                                to_memory_format, unwrap)
 from datafree.options import add_option_flags, option_readers, refuse_foreign_flags
+from datafree.schedules import multistep_factor, parse_milestones
 from datafree.run.plan import KD_STEP, SYNTHESIS, DistillationPlan
 from datafree.run.lifecycle import RunLifecycle
 from datafree.run.seeding import seed_everything
@@ -235,6 +236,10 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
                                     weight_decay=options["weight_decay"], foreach=True)
     if options["lr_schedule"] == "constant":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    elif options["lr_schedule"] == "multistep":   # DFAD's schedule (§14.5)
+        milestones, gamma = parse_milestones(options["milestones"]), options["gamma"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      lambda epoch: multistep_factor(epoch, milestones, gamma))
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=options["epochs"] - options["warmup"], eta_min=options["eta_min"])

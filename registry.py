@@ -22,6 +22,7 @@ from datafree.synthesis.base import Synthesizer
 from datafree.synthesis.cmi import CMISynthesizer
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
 from datafree.synthesis.dafl import DAFLSynthesizer
+from datafree.synthesis.dfad import DFADSynthesizer
 from datafree.synthesis.dfq import DFQSynthesizer
 from datafree.synthesis.fast import FastSynthesizer
 from datafree.synthesis.nayer import NAYERSynthesizer
@@ -37,6 +38,7 @@ METHODS: dict[str, type[Synthesizer]] = {
     "fast": FastSynthesizer,
     "nayer": NAYERSynthesizer,
     "adadfkd": AdaDFKDSynthesizer,
+    "dfad": DFADSynthesizer,
 }
 
 _Value = TypeVar("_Value")

@@ -224,6 +224,7 @@ def test_the_refusal_is_exit_2_from_the_command_line(tmp_path, mnist_root, lenet
 #: Every method that can run on LeNet-5, with the flags that drop BN priors and keep it tiny.
 RUNNABLE = {"dafl": ["--batch_size", "16", "--ep_steps", "4"],
             "zskt": ["--batch_size", "16", "--ep_steps", "4", "--kd_steps", "2"],
+            "dfad": ["--batch_size", "16", "--ep_steps", "4", "--kd_steps", "2", "--ngf", "8"],
             **{method: ["--bn", "0", "--batch_size", "16", "--ep_steps", "4", "--kd_steps", "2", "--g_steps", "2",
                         *narrow_generator(method), *tiny_method_flags(method)] for method in BN_METHODS}}
 

@@ -40,6 +40,7 @@ from datafree.errors import UsageError
 from datafree.synthesis.hooks import BatchNormStatisticsHook
 from datafree.run.numerics import autocast
 from datafree.options import Options, option
+from datafree.schedules import parse_milestones
 from datafree.run.seeding import MAX_SEED
 from datafree.synthesis.recipe import Recipe
 
@@ -142,8 +143,12 @@ class LoopOptions(Options):
     lr: float = option(0.1, "student learning rate", "positive")
     optimizer: str = option("sgd", "student optimizer: sgd (momentum, weight decay) or adam (DAFL MNIST, §20.1)",
                             choices=("sgd", "adam"))
-    lr_schedule: str = option("cosine", "student learning rate per KD epoch: cosine to --eta_min (§3.3) or constant",
-                              choices=("cosine", "constant"))
+    lr_schedule: str = option("cosine", "student learning rate per KD epoch: cosine to --eta_min (§3.3), constant, or "
+                                        "multistep (×--gamma at each of --milestones, §14.5)",
+                              choices=("cosine", "constant", "multistep"))
+    milestones: str = option("", "KD epochs at which --lr_schedule multistep multiplies the learning rate by --gamma "
+                                 "(comma-separated)")
+    gamma: float = option(0.1, "factor of each multistep decay", "positive")
     eta_min: float = option(0.0, "floor of the cosine schedule", "non_negative")
     momentum: float = option(0.9, "student SGD momentum", "non_negative")
     weight_decay: float = option(1e-4, "student weight decay", "non_negative")
@@ -167,6 +172,13 @@ class LoopOptions(Options):
                              "an epoch would have no synthesis round")
         if self.warmup >= self.epochs:
             raise UsageError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs})")
+        try:
+            parse_milestones(self.milestones)
+        except ValueError:
+            raise UsageError(f"--milestones must be comma-separated increasing epochs >= 1, got "
+                             f"'{self.milestones}'") from None
+        if self.lr_schedule == "multistep" and not self.milestones:
+            raise UsageError("--lr_schedule multistep needs --milestones, e.g. --milestones 100,200")
 
 
 class Synthesizer:

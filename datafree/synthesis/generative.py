@@ -67,6 +67,9 @@ class GenerativeSynthesizer(Synthesizer):
                 raise UsageError("--gen_sample_mode last distils on the generator's batch: it needs --kd_steps 1 "
                                  "and --synthesis_batch_size equal to --batch_size")
 
+    #: Query the student in train() for the adversarial term (DFAD's [REF], §14.8 item 2); eval() otherwise.
+    adversarial_query_train = False
+
     def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
         self.latent_dim = options.nz
@@ -121,9 +124,13 @@ class GenerativeSynthesizer(Synthesizer):
         if self.bn_hook is not None:
             terms["bn"] = (self.bn, self.bn_hook.loss)
         if self.adv:
-            student_logits = self.student_forward(images)
-            terms["adv"] = (self.adv, -kl_divergence(student_logits, teacher_logits, temperature=1.0))
+            student_logits = self.student_forward(images, train_mode=self.adversarial_query_train)
+            terms["adv"] = (self.adv, self.adversarial_term(student_logits, teacher_logits))
         return terms
+
+    def adversarial_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The generator's disagreement term (minimised, so negated): −KL at T = 1 (ZSKT, DFQ; §4.2)."""
+        return -kl_divergence(student_logits, teacher_logits, temperature=1.0)
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         """``g_steps`` Adam steps on the generator (train mode); returns the last step's terms."""
