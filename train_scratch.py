@@ -71,7 +71,7 @@ class ScratchOptions(Options):
     lr: float = option(0.1, "learning rate", "positive")
     momentum: float = option(0.9, "SGD momentum", "non_negative")
     weight_decay: float = option(1e-4, "weight decay", "non_negative")
-    milestones: str = option("120,150,180", "epochs where lr is multiplied by --gamma (MNIST none: '')")
+    milestones: str = option("120,150,180", "epochs where lr is multiplied by --gamma ('' for none)")
     gamma: float = option(0.1, "learning-rate decay factor at each milestone", "positive")
 
     def derive(self) -> None:

@@ -199,6 +199,8 @@ def show(value: Any) -> str:
     """A default as ``--help`` prints it (None: computed from other options, see the help text)."""
     if value is None:
         return "derived"
+    if value == "":
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
