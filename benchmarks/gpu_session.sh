@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared command for a lent GPU
 # (results/benchmarks/README.md): first the whole published MNIST cells of DAFL (docs/METHODS.md
-# §20.1: 24,000 iterations each, minutes on one GPU), then the CUDA-only tests (tests/test_cuda.py),
+# §20.1: 24,000 iterations each, minutes on one GPU) and DFAD (§20.2: 10,000 KD steps), then the CUDA-only tests (tests/test_cuda.py),
 # then as many rows of the GPU throughput table as fit in the budget. Rerun it to continue: rows
 # already measured are skipped (--resume); SKIP_MNIST=1 and SKIP_TESTS=1 skip those parts.
 #
@@ -9,7 +9,7 @@
 #
 # The MNIST part needs the official files under data/MNIST/raw/ (carry "data/MNIST", 11.6 MB):
 # it estimates both cells with benchmarks/throughput.py, trains the teachers (scripts/scratch/),
-# then runs scripts/dafl/dafl_mnist_*.sh at their full schedule, each for at most MNIST_MINUTES
+# then runs scripts/dafl/dafl_mnist_*.sh and scripts/dfad/dfad_mnist_*.sh at their full schedule, each for at most MNIST_MINUTES
 # (default 4) and resumable with the same command. Logs and run directories go to $DEST/mnist/.
 #
 # Output goes to $OUT when it is set (the device tool's return folder), else to
@@ -42,6 +42,11 @@ if [ -z "${SKIP_MNIST:-}" ] && [ -d data/MNIST/raw ]; then
         bash "scripts/dafl/dafl_mnist_${teacher}_${student}.sh" --data_root data --device cuda --save_dir "$run" \
             --max_minutes "${MNIST_MINUTES:-4}" --no_progress "${resume[@]}" 2>&1 | tee -a "$DEST/mnist/mnist.log"
     done
+    # DFAD's own MNIST cell (docs/METHODS.md §14, §20.2): 40 epochs x 250 KD steps, about a minute on one GPU.
+    run="$DEST/mnist/runs/dfad_mnist_lenet5_lenet5_half"
+    resume=(); [ -f "$run/last.pth" ] && resume=(--resume)
+    bash scripts/dfad/dfad_mnist_lenet5_lenet5_half.sh --data_root data --device cuda --save_dir "$run" \
+        --max_minutes "${MNIST_MINUTES:-4}" --no_progress "${resume[@]}" 2>&1 | tee -a "$DEST/mnist/mnist.log"
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
     "$PYTHON" -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$DEST/gpu_cuda_tests.log"
