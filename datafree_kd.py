@@ -271,7 +271,8 @@ def student_step(synthesizer: Synthesizer, teacher: nn.Module, trained_student: 
 
     A method with ``needs_features`` also gets the penultimate features of both networks (§12.9).
     Returns the loss (None when ``skip_nonfinite`` skipped a NaN/inf batch), the method's extra
-    terms and the batch size. No host synchronisation unless ``skip_nonfinite``.
+    terms and the batch size: the rows ``sample()`` returned, which may exceed B. No host
+    synchronisation unless ``skip_nonfinite``.
     """
     images = synthesizer.sample()
     features = None
@@ -366,6 +367,7 @@ def train(options: dict[str, Any], parts: TrainingParts, teacher: nn.Module, run
             if loss is not None:
                 run.observe(step.kd_step, {"loss_student": loss})
                 meter.add({"loss_student": loss, **terms})
+            synthesizer.after_student_step(step.kd_step)   # method-agnostic hook
             meter.images += batch
             if (step.kd_step + 1) % options["log_interval"] == 0:
                 run.check_losses(step.epoch)

@@ -10,10 +10,13 @@ The distillation loop in ``datafree_kd.py`` is method-agnostic. Per epoch it cal
             teacher_logits = teacher(images)           # no grad
             student_logits = student(images)
             loss, terms = synthesizer.student_loss(student_logits, teacher_logits, kd_step, features)
+            (student optimizer step)
+            synthesizer.after_student_step(kd_step)      # default no-op (e.g. a VAE update)
 
 (``features`` is None, or the penultimate features ``(student, teacher)`` for a method that sets
-``needs_features``, §12.9.) The first ``--warmup`` epochs run the rounds' ``synthesize()`` calls
-only (§10.7, §11.7). ``begin_epoch`` must be idempotent: a run resumed in the middle of an epoch
+``needs_features``, §12.9.) ``sample()`` may return more than B rows (PRE-DFKD appends a replay
+batch to the B novel images): the loop counts the rows it gets. The first ``--warmup`` epochs run
+the rounds' ``synthesize()`` calls only (§10.7, §11.7). ``begin_epoch`` must be idempotent: a run resumed in the middle of an epoch
 calls it again for that epoch, after restoring the synthesizer's state.
 
 Everything method-specific (generator, pixel optimisation, pool, bank, curriculum weights,
@@ -256,8 +259,14 @@ class Synthesizer:
         raise NotImplementedError
 
     def sample(self) -> torch.Tensor:
-        """One normalised batch of ``batch_size`` images for a KD step."""
+        """One normalised batch for a KD step: ``batch_size`` images, or more when the method appends
+        rows of its own (a replay batch); the loop assumes no row count."""
         raise NotImplementedError
+
+    def after_student_step(self, kd_step: int) -> None:
+        """Called by the loop after the student's KD step ``kd_step`` (the run-wide index of
+        ``student_loss``), once per KD step, skipped or not; e.g. a VAE update.
+        Default: nothing."""
 
     def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, kd_step: int,
                      features: tuple[torch.Tensor, torch.Tensor] | None = None,

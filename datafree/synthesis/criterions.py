@@ -86,7 +86,7 @@ def l2_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, reduct
 
 
 def js_divergence_ref(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, reduction: str = "batchmean") -> torch.Tensor:
     """Reference ("[REF]") Jensen–Shannon variant ``JS_τ(s, t)`` used by ADI and CuDFKD (§3.1, §7 item 17).
 
     ``P = σ(s/τ)``, ``Q = σ(t/τ)``, ``M = (P + Q)/2`` (from the unclamped P, Q); then P, Q and
@@ -96,7 +96,10 @@ def js_divergence_ref(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
     The KL runs *from* M (the reverse of the textbook JS) and the clamp zeroes the gradient of
     saturated probabilities; both are kept on purpose for parity with the references.
+    ``reduction="elementmean"`` divides by B·C instead of B (PyTorch's ``KLDivLoss()`` default, the
+    PRE-DFKD reference's, §16.4): the batch-mean value divided by C.
     """
+    _check_reduction(reduction, ("batchmean", "elementmean"))
     student_prob = F.softmax(student_logits / temperature, dim=1)
     teacher_prob = F.softmax(teacher_logits / temperature, dim=1)
     mixture = 0.5 * (student_prob + teacher_prob)
@@ -104,7 +107,7 @@ def js_divergence_ref(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     teacher_prob = teacher_prob.clamp(JS_REF_PROBABILITY_MIN, JS_REF_PROBABILITY_MAX)
     mixture = mixture.clamp(JS_REF_PROBABILITY_MIN, JS_REF_PROBABILITY_MAX)
     log_mixture = mixture.log()
-    batch_size = student_logits.shape[0]
+    batch_size = student_logits.shape[0] * (student_logits.shape[1] if reduction == "elementmean" else 1)
     kl_mixture_student = (mixture * (log_mixture - student_prob.log())).sum() / batch_size
     kl_mixture_teacher = (mixture * (log_mixture - teacher_prob.log())).sum() / batch_size
     return 0.5 * kl_mixture_student + 0.5 * kl_mixture_teacher
@@ -156,6 +159,12 @@ def class_balance_loss(teacher_logits: torch.Tensor, temperature: float = 1.0) -
     """
     log_mean_prob = _log_batch_mean_probability(teacher_logits, temperature)
     return (log_mean_prob.exp() * log_mean_prob).sum()
+
+
+def information_entropy_log10(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """PRE-DFKD's information-entropy prior ``IE = Σ_c p̄_c log₁₀ p̄_c = −H(p̄)/ln 10`` (§16.4, §16.8
+    item 4): :func:`class_balance_loss` at T = 1 in base-10 logarithms, as the reference computes it."""
+    return class_balance_loss(teacher_logits) / math.log(10.0)
 
 
 def batch_mean_entropy(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
