@@ -128,9 +128,10 @@ def measure(method: str, dataset: str, teacher_name: str, student_name: str, dev
     synthesizer.begin_epoch(options["epochs"] // 2)  # mid-run: adversarial terms switched on
     parts.student.train()
 
-    def kd_step(step: int) -> None:
+    def kd_step(step: int) -> None:   # what the loop runs per KD tick, the method's hook included
         datafree_kd.student_step(synthesizer, teacher, parts.trained_student, parts.optimizer, parts.scaler,
                                  numerics.autocast_dtype, step)
+        synthesizer.after_student_step(step)
 
     for _ in range(warmup):
         synthesizer.synthesize()
