@@ -220,10 +220,7 @@ def add_option_flags(parser: argparse.ArgumentParser, methods: Mapping[str, type
             if owner not in groups:
                 doc = (owner.__doc__ or owner.__qualname__).strip().splitlines()[0]
                 groups[owner] = parser.add_argument_group(doc)
-            helps = list(dict.fromkeys(field.metadata["help"] for other in methods.values()
-                                       for field in other.flags() if field.name == f.name))
-            # A flag that several methods declare on their own (e.g. --js_T) shows each declaration's text.
-            help_text = f"{' / '.join(helps)} [default: {default_summary(methods, f.name)}]".replace("%", "%%")
+            help_text = f"{f.metadata['help']} [default: {default_summary(methods, f.name)}]".replace("%", "%%")
             kind = value_type(hints[f.name])
             if kind is bool:
                 groups[owner].add_argument(f"--{f.name}", action="store_true", default=None, help=help_text)

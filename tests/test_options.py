@@ -81,6 +81,17 @@ def test_help_prints_each_methods_resolved_default():
     assert vars(parser.parse_args([])) == {"width": None, "rate": None, "mode": None, "double": None}
 
 
+def test_every_flag_is_declared_by_one_options_class():
+    """Declared once: a flag that several methods read comes from one shared class (e.g. --js_T)."""
+    declared: dict[str, set[str]] = {}
+    for options in registry.method_options().values():
+        for klass in options.__mro__:
+            for name in klass.__dict__.get("__annotations__", {}):
+                if name in options.flag_names():
+                    declared.setdefault(name, set()).add(klass.__qualname__)
+    assert {name: owners for name, owners in declared.items() if len(owners) > 1} == {}
+
+
 def test_the_driver_help_states_per_method_defaults():
     text = " ".join(datafree_kd.build_parser().format_help().split())
     assert "--T T KD temperature [default: cudfkd 20 (cifar100: 5); cmi, adi, fast, nayer 20; dafl, zskt, dfq, dfad, " \

@@ -27,7 +27,7 @@ import torch
 from datafree.augment import jitter_flip
 from datafree.synthesis.criterions import js_divergence_ref, total_variation
 from datafree.options import option
-from datafree.synthesis.base import SynthesisSetup, TestPreset
+from datafree.synthesis.base import JSTemperatureOptions, SynthesisSetup, TestPreset
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 from datafree.synthesis.recipe import CMI_SCRIPT, DFKD_SCRIPT, BaselineRow, baseline_recipe, paper_numbers
 
@@ -75,7 +75,7 @@ class ADISynthesizer(PooledSynthesizer):
                                              "50"), persistent_synthesis=False)
 
     @dataclass(frozen=True)
-    class Options(PooledSynthesizer.Options):
+    class Options(JSTemperatureOptions, PooledSynthesizer.Options):
         """ADI options (§4.4)"""
 
         #: §4.7 ADI row.
@@ -84,7 +84,6 @@ class ADISynthesizer(PooledSynthesizer):
 
         tv: float = option(0.001, "ADI total-variation prior weight", "non_negative")
         l2: float = option(0.0, "ADI pixel L2-norm prior weight", "non_negative")
-        js_T: float = option(3.0, "ADI temperature of the adversarial reference JS divergence", "positive")
         adi_keep_last: bool = option(False, "[REF] bug: store the final iterate instead of the lowest-loss batch "
                                             "(§4.4)")
 

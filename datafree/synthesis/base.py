@@ -129,6 +129,13 @@ class BNMomentumOptions(Options):
 
 
 @dataclass(frozen=True)
+class JSTemperatureOptions(Options):
+    """Reference JS divergence (ADI's adversarial term, §4.4; PRE-DFKD's disagreement, §16.4)"""
+
+    js_T: float = option(3.0, "temperature of the reference JS divergence", "positive")
+
+
+@dataclass(frozen=True)
 class LoopOptions(Options):
     """options of every method (schedule, student optimiser, synthesis optimiser, shared loss weights; §3.3, §4.7)
 

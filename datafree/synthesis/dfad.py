@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from datafree.options import option
 from datafree.published import PAPER_CELLS, Published
 from datafree.schedules import multistep_factor, parse_milestones
 from datafree.synthesis.base import TestPreset
 from datafree.synthesis.criterions import l1_logits
-from datafree.synthesis.generative import GenerativeSynthesizer
+from datafree.synthesis.generative import GenerativeSynthesizer, StudentQueryOptions
 from datafree.synthesis.recipe import Launcher, Recipe, settings
 
 #: VainF/Data-Free-Adversarial-Distillation, the official code (§14.2).
@@ -122,7 +121,7 @@ class DFADSynthesizer(GenerativeSynthesizer):
                              learning_bar=30.0)
 
     @dataclass(frozen=True)
-    class Options(GenerativeSynthesizer.Options):
+    class Options(StudentQueryOptions, GenerativeSynthesizer.Options):
         """DFAD options (§14)"""
 
         #: The ``dfad_ref`` row (§14.6, §14.9).
@@ -135,13 +134,8 @@ class DFADSynthesizer(GenerativeSynthesizer):
         ROWS = {"mnist": {"batch_size": 512, "epochs": 40, "lr": 0.01, "weight_decay": 1e-4,
                           "lr_schedule": "constant", "milestones": "", "nz": 100}}
 
-        adv_student_mode: str = option("train", "DFAD: the student's mode when queried for the generator step: "
-                                                "train ([REF], its BN sees the adversarial batch) or eval (§14.8)",
-                                       choices=("train", "eval"))
-
     def __init__(self, setup, options: Options) -> None:
         super().__init__(setup, options)
-        self.adversarial_query_train = options.adv_student_mode == "train"
         self.multistep = (parse_milestones(options.milestones), options.gamma) \
             if options.lr_schedule == "multistep" else None
         self.warmup = options.warmup

@@ -27,11 +27,20 @@ from datafree.synthesis.criterions import activation_loss, class_balance_loss, k
 from datafree.errors import UsageError
 from datafree.models import LargeGenerator, ReferenceGenerator
 from datafree.models.generators import GENERATOR_OUTPUTS
-from datafree.options import option
+from datafree.options import Options, option
 from datafree.synthesis.base import LatentOptions, SynthesisSetup, Synthesizer, WidthOptions
 
 #: Generator bodies of the persistent-generator methods (§1.7, §20.1).
 GENERATOR_BODIES = ("G-L", "G-D")
+
+
+@dataclass(frozen=True)
+class StudentQueryOptions(Options):
+    """Student query of an adversarial generator step (DFAD, §14.8 item 2; PRE-DFKD, §16.8)"""
+
+    adv_student_mode: str = option("train", "the student's mode when queried for the generator step: train ([REF]: "
+                                            "its BN sees and records the synthetic batch) or eval",
+                                   choices=("train", "eval"))
 
 
 class GenerativeSynthesizer(Synthesizer):
@@ -67,11 +76,11 @@ class GenerativeSynthesizer(Synthesizer):
                 raise UsageError("--gen_sample_mode last distils on the generator's batch: it needs --kd_steps 1 "
                                  "and --synthesis_batch_size equal to --batch_size")
 
-    #: Query the student in train() for the adversarial term (DFAD's [REF], §14.8 item 2); eval() otherwise.
-    adversarial_query_train = False
-
     def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
+        # The student is queried in eval() for the adversarial term, or in train() where the method's
+        # options say so (StudentQueryOptions: DFAD's and PRE-DFKD's [REF], §14.8 item 2).
+        self.adversarial_query_train = getattr(options, "adv_student_mode", "eval") == "train"
         self.latent_dim = options.nz
         self.generator_width = options.ngf
         self.g_steps = options.g_steps
@@ -114,9 +123,7 @@ class GenerativeSynthesizer(Synthesizer):
     def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """Weighted terms of the generator loss for normalised ``images``: name -> (weight, value)."""
         teacher_logits, features = self.teacher_forward(images, return_features=True)
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.oh:
-            terms["oh"] = (self.oh, pseudo_label_cross_entropy(teacher_logits))
+        terms = self.prediction_terms(teacher_logits)
         if self.act:
             terms["act"] = (self.act, activation_loss(features))
         if self.balance:
@@ -127,6 +134,10 @@ class GenerativeSynthesizer(Synthesizer):
             student_logits = self.student_forward(images, train_mode=self.adversarial_query_train)
             terms["adv"] = (self.adv, self.adversarial_term(student_logits, teacher_logits))
         return terms
+
+    def prediction_terms(self, teacher_logits: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """The priors on the teacher's prediction: pseudo-label cross-entropy ``oh`` (§4.1)."""
+        return {"oh": (self.oh, pseudo_label_cross_entropy(teacher_logits))} if self.oh else {}
 
     def adversarial_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The generator's disagreement term (minimised, so negated): −KL at T = 1 (ZSKT, DFQ; §4.2)."""

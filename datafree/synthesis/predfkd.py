@@ -30,10 +30,10 @@ from datafree.errors import UsageError
 from datafree.models.memory import Encoder, novel_generator
 from datafree.options import option
 from datafree.published import PAPER_CELLS, Published
-from datafree.synthesis.base import TestPreset
-from datafree.synthesis.criterions import (activation_loss, class_balance_loss, information_entropy_log10,
-                                           js_divergence_ref, l1_logits, pseudo_label_cross_entropy)
-from datafree.synthesis.generative import GenerativeSynthesizer
+from datafree.synthesis.base import JSTemperatureOptions, TestPreset
+from datafree.synthesis.criterions import (information_entropy_log10, js_divergence_ref, l1_logits,
+                                           pseudo_label_cross_entropy)
+from datafree.synthesis.generative import GenerativeSynthesizer, StudentQueryOptions
 from datafree.synthesis.recipe import Launcher, Recipe, settings
 
 #: kuluhan/PRE-DFKD, the official code (§16.2).
@@ -132,7 +132,7 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
                              learning_bar=30.0)
 
     @dataclass(frozen=True)
-    class Options(GenerativeSynthesizer.Options):
+    class Options(StudentQueryOptions, JSTemperatureOptions, GenerativeSynthesizer.Options):
         """PRE-DFKD options (§16)"""
 
         #: The reference defaults (§16.6, §16.9).
@@ -141,11 +141,7 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
                     "T": 1.0, "nz": 1000, "ngf": 64, "adv": 1.0, "bn": 0.0, "oh": 1.0, "act": 0.1, "balance": 0.0,
                     "generator": "G-D", "gen_output": "normalized", "gen_bn_eps": 0.8, "gen_sample_mode": "train"}
 
-        adv_student_mode: str = option("train", "PRE-DFKD: the student's mode when queried for the generator step: "
-                                                "train ([REF], its BN sees the novel batch) or eval (§16.8)",
-                                       choices=("train", "eval"))
         ie: float = option(5.0, "PRE-DFKD: weight of the base-10 information-entropy prior (§16.4)")
-        js_T: float = option(3.0, "PRE-DFKD: temperature of the JS disagreement (§16.4)", "positive")
         js_reduction: str = option("elementmean", "PRE-DFKD: JS over all B x C entries ([REF] KLDivLoss default) or "
                                                   "per sample (batchmean) (§16.8)",
                                    choices=("elementmean", "batchmean"))
@@ -173,7 +169,6 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
 
     def __init__(self, setup, options: Options) -> None:
         super().__init__(setup, options)
-        self.adversarial_query_train = options.adv_student_mode == "train"
         self.ie = options.ie
         self.js_temperature = options.js_T
         self.js_reduction = options.js_reduction
@@ -202,24 +197,13 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
                                out_channels=self.setup.channels, bn_eps=options.gen_bn_eps, spectral=True)
 
     # ------------------------------------------------------------------ novel generator (§16.4 item 1)
-    def generator_terms(self, images: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """``oh·OH + ie·IE + act·ACT + adv·L_dis`` (+ ``balance``, ``bn`` when set); L_dis reaches G_n
-        through the student only."""
-        teacher_logits, features = self.teacher_forward(images, return_features=True)
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        if self.oh:
-            terms["oh"] = (self.oh, pseudo_label_cross_entropy(teacher_logits))
+    def prediction_terms(self, teacher_logits: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """``oh·OH + ie·IE``: the base's pseudo-label CE and the base-10 information entropy (§16.4 item 1).
+        With act, balance, bn and ``adv·L_dis`` the base's generator terms make G_n's objective; L_dis
+        reaches G_n through the student only."""
+        terms = super().prediction_terms(teacher_logits)
         if self.ie:
             terms["ie"] = (self.ie, information_entropy_log10(teacher_logits))
-        if self.act:
-            terms["act"] = (self.act, activation_loss(features))
-        if self.balance:
-            terms["balance"] = (self.balance, class_balance_loss(teacher_logits))
-        if self.bn_hook is not None:
-            terms["bn"] = (self.bn, self.bn_hook.loss)
-        if self.adv:
-            student_logits = self.student_forward(images, train_mode=self.adversarial_query_train)
-            terms["adv"] = (self.adv, self.adversarial_term(student_logits, teacher_logits))
         return terms
 
     def synthesize(self) -> dict[str, torch.Tensor]:
