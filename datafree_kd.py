@@ -74,19 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_method_options(args: argparse.Namespace) -> Any:
-    """The chosen method's typed options: the flags given, over its published defaults for the dataset.
-
-    A given flag that the method does not read is refused in one line (it would be silently ignored).
-    """
-    method = registry.get_method(args.method)
-    info = registry.get_dataset(args.dataset)
-    readers = option_readers(registry.method_options())
-    given = {name: getattr(args, name) for name in readers if getattr(args, name, None) is not None}
-    refuse_foreign_flags(given, args.method, registry.method_options())
-    return method.Options.resolve(given, dataset=args.dataset, num_classes=info.num_classes)
-
-
 def resolve_options(args: argparse.Namespace, world_size: int | None = None) -> dict[str, Any]:
     """The resolved configuration (``config.yaml``): the run's flags and the method's typed options.
 
@@ -95,11 +82,18 @@ def resolve_options(args: argparse.Namespace, world_size: int | None = None) -> 
     """
     registry.lookup(registry.CLASSIFIERS, args.teacher, "model")
     registry.lookup(registry.CLASSIFIERS, args.student, "model")
-    method_options = resolve_method_options(args)
-    readers = option_readers(registry.method_options())
+    method = registry.get_method(args.method)
+    info = registry.get_dataset(args.dataset)
+    # The method's typed options: the flags given over its published defaults for the dataset; a given
+    # flag that the method does not read is refused in one line (it would be silently ignored).
+    table = registry.method_options()
+    readers = option_readers(table)
+    given = {name: getattr(args, name) for name in readers if getattr(args, name) is not None}
+    refuse_foreign_flags(given, args.method, table)
+    typed = method.Options.resolve(given, dataset=args.dataset, num_classes=info.num_classes)
     options = {key: value for key, value in resolved_config(args).items() if key not in readers}
-    options.update(method_options.as_config())
-    options["num_classes"] = method_options.num_classes
+    options.update(typed.as_config())
+    options["num_classes"] = typed.num_classes
     world_size = world_size or distributed.world_size_from_environment()
     for key in ("batch_size", "synthesis_batch_size"):
         if options[key] % world_size:
