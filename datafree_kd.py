@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Data-free knowledge distillation. Unset hyperparameters take the method's "
                     "published defaults (docs/METHODS.md §4.7, §5.8, §10.8, §11.8, §12.6), printed per method "
                     "in brackets below; a flag that the chosen method does not read is refused.")
-    parser.add_argument("--method", required=True, help=f"one of: {', '.join(registry.METHODS)}")
+    parser.add_argument("--method", required=True, help="one of: " + ", ".join(
+        name + (f" ({method.recipe.caveat}, {method.recipe.section})" if method.recipe and method.recipe.caveat else "")
+        for name, method in registry.METHODS.items()))
     parser.add_argument("--teacher", required=True, help="teacher architecture, e.g. wrn40_2")
     parser.add_argument("--student", required=True, help="student architecture, e.g. wrn16_1")
     parser.add_argument("--teacher_ckpt", default=None,

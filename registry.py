@@ -23,6 +23,7 @@ from datafree.synthesis.cmi import CMISynthesizer
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
 from datafree.synthesis.dafl import DAFLSynthesizer
 from datafree.synthesis.dfad import DFADSynthesizer
+from datafree.synthesis.mbdfkd import MBDFKDSynthesizer
 from datafree.synthesis.predfkd import PREDFKDSynthesizer
 from datafree.synthesis.dfq import DFQSynthesizer
 from datafree.synthesis.fast import FastSynthesizer
@@ -40,6 +41,7 @@ METHODS: dict[str, type[Synthesizer]] = {
     "nayer": NAYERSynthesizer,
     "adadfkd": AdaDFKDSynthesizer,
     "dfad": DFADSynthesizer,
+    "mbdfkd": MBDFKDSynthesizer,
     "predfkd": PREDFKDSynthesizer,
 }
 

@@ -21,7 +21,14 @@ Each cell has a *kind* (docs/METHODS.md §5.10):
   table (scratch CMI on CIFAR-10 wrn40_2→wrn16_1: about 88.82, not the 90.01 of adversarial CMI);
 * ``alternative state`` — another real reference state of the same cell (CuDFKD's late-2022
   scripts, §5.8); how it relates to the published number is unknown;
-* ``read off a figure`` — NAYER: the repository has only a figure (§11.9, §13 item 1).
+* ``read off a figure`` — NAYER: the repository has only a figure (§11.9, §13 item 1);
+* ``reconstruction`` — the method has no public code: its launcher runs this benchmark's
+  reconstruction (MB-DFKD, §15), so the published number is what the paper's own code reached, not
+  what this code is known to reach.
+
+A number may carry the paper's stability row (``stability``: mean μ, variance σ² and best of the
+test top-1 over the epochs of a run; the seed's DFAD, MB-DFKD and PRE-DFKD rows,
+§14.7, §15.3, §16.7), which the report prints beside a measured cell's μ / σ².
 
 MNIST (§20.1): DAFL's two cells, the teachers and students trained with data, and the other rows
 of DAFL's Table 1 (KD on data, noise, USPS, meta-data), which the report prints beside a measured
@@ -66,6 +73,11 @@ class Published:
     source: str
     note: str = ""
     expectation: float | None = None   # what the launcher's variant should reach, when not ``value``
+    stability: tuple[float, float, float] | None = None   # the paper's (μ, σ², best) over a run's epochs
+
+    def describe_stability(self) -> str:
+        """``μ / σ² / best`` of the paper's stability row, e.g. ``86.1 / 12.3 / 93.3``, or ``-``."""
+        return "-" if self.stability is None else " / ".join(f"{value:g}" for value in self.stability)
 
     @property
     def compare_with(self) -> float:

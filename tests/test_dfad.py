@@ -6,25 +6,17 @@ import torch
 
 import datafree_kd
 from datafree.errors import UsageError
-from datafree.models import Normalizer
 from datafree.run.distributed import DistributedContext
 from datafree.run.numerics import Numerics
 from datafree.schedules import multistep_factor, parse_milestones
-from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.dfad import DFADSynthesizer
-from datafree.synthesis.hooks import freeze
-from tiny_models import TinyCNN
+from tiny_models import tiny_synthesis_setup
 
 KD = ["--method", "dfad", "--teacher", "resnet34", "--student", "resnet18"]
 
 
 def make_synthesizer(**given) -> DFADSynthesizer:
-    torch.manual_seed(0)
-    teacher, student = freeze(TinyCNN(10)), TinyCNN(10)
-    setup = SynthesisSetup(teacher=teacher, student=student, normalizer=Normalizer((0.5,) * 3, (0.25,) * 3),
-                           num_classes=10, dataset="cifar10", teacher_name="tiny_cnn", batch_size=8,
-                           synthesis_batch_size=8, epochs=300, device=torch.device("cpu"), autocast_dtype=None,
-                           channels_last=False, seed=0)
+    setup = tiny_synthesis_setup(batch_size=8, epochs=300)
     return DFADSynthesizer(setup, DFADSynthesizer.Options.resolve({"nz": 16, "ngf": 8, **given}))
 
 

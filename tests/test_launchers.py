@@ -22,7 +22,7 @@ SCRIPTS = REPO / "scripts"
 NOT_LAUNCHERS = {SCRIPTS / "quickstart.sh", SCRIPTS / "make_launchers.py"}
 
 BASELINES = ("dafl", "zskt", "dfq", "adi", "cmi")
-DATA_FREE = (*BASELINES, "cudfkd", "fast", "nayer", "adadfkd", "dfad", "predfkd")
+DATA_FREE = (*BASELINES, "cudfkd", "fast", "nayer", "adadfkd", "dfad", "mbdfkd", "predfkd")
 CELLS = {
     ("cifar10", "resnet34", "resnet18"), ("cifar10", "vgg11", "resnet18"), ("cifar10", "wrn40_2", "wrn40_1"),
     ("cifar10", "wrn40_2", "wrn16_2"), ("cifar10", "wrn40_2", "wrn16_1"),
@@ -42,7 +42,7 @@ EXPECTED = {
 # DAFL's MNIST cells (§20.1); DFAD: the paper's grid and its own MNIST run (§14.6, §20.2).
 EXPECTED["dafl"] |= {("mnist", "lenet5", "lenet5_half", ""), ("mnist", "hintonnet", "hintonnet_half", "")}
 EXPECTED["dfad"] = {(*cell, "") for cell in CELLS} | {("mnist", "lenet5", "lenet5_half", "")}
-EXPECTED["predfkd"] = {(*cell, "") for cell in CELLS}
+EXPECTED["predfkd"] = EXPECTED["mbdfkd"] = {(*cell, "") for cell in CELLS}
 SCRATCH_MODELS = ("resnet34", "vgg11", "wrn40_2", "resnet18", "wrn16_1", "wrn40_1", "wrn16_2")
 MNIST_SCRATCH_MODELS = ("lenet5", "lenet5_half", "hintonnet", "hintonnet_half")
 PROGRAM = {"scratch": "train_scratch.py", **{method: "datafree_kd.py" for method in DATA_FREE}}

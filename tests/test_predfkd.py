@@ -9,24 +9,17 @@ import torch
 
 import datafree_kd
 from datafree.errors import UsageError
-from datafree.models import Normalizer
 from datafree.models.memory import Encoder, novel_generator
-from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.criterions import information_entropy_log10, js_divergence_ref
-from datafree.synthesis.hooks import freeze
-from datafree.synthesis.predfkd import PREDFKDSynthesizer, js_disagreement, kld_loss, latent_moment_loss
-from tiny_models import TinyCNN
+from datafree.synthesis.predfkd import PREDFKDSynthesizer, kld_loss, latent_moment_loss
+from datafree.synthesis.replay import js_disagreement
+from tiny_models import tiny_synthesis_setup
 
 KD = ["--method", "predfkd", "--teacher", "resnet34", "--student", "resnet18"]
 
 
 def make_synthesizer(**given) -> PREDFKDSynthesizer:
-    torch.manual_seed(0)
-    teacher, student = freeze(TinyCNN(10)), TinyCNN(10)
-    setup = SynthesisSetup(teacher=teacher, student=student, normalizer=Normalizer((0.5,) * 3, (0.25,) * 3),
-                           num_classes=10, dataset="cifar10", teacher_name="tiny_cnn", batch_size=16,
-                           synthesis_batch_size=16, epochs=4, device=torch.device("cpu"), autocast_dtype=None,
-                           channels_last=False, seed=0)
+    setup = tiny_synthesis_setup()
     return PREDFKDSynthesizer(setup, PREDFKDSynthesizer.Options.resolve(
         {"nz": 16, "ngf": 8, "kd_steps": 5, "ep_steps": 10, **given}))
 
@@ -129,7 +122,7 @@ def test_published_rows_resolve():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--generator", "G-L", "--gen_output", "sigmoid"], "--method predfkd needs --generator G-D"),
+    (["--generator", "G-L", "--gen_output", "sigmoid"], "--method predfkd and mbdfkd need --generator G-D"),
     (["--gen_sample_mode", "last", "--kd_steps", "1", "--ep_steps", "1"], "--gen_sample_mode last does not apply"),
     (["--vae_half", "0"], "--vae_half must be above 0"),
     (["--mem_ratio", "0"], "--mem_ratio must be above 0"),

@@ -275,7 +275,7 @@ def test_results_markdown_cells_and_order(tmp_path):
 
     assert "## Stability: μ and σ² over epochs 80..end (burn-in 80, population variance)" in lines
     stability_start = lines.index("| method | dataset | pair | precision | n | μ | σ² | best | peak memory (GB) | "
-                                  "wall time (h) | epochs |")
+                                  "wall time (h) | published μ / σ² / best | epochs |")
     stability = lines[stability_start + 2: stability_start + 7]
     # cells sorted by method (paper order), then dataset, then pair
     assert [line.split(" | ")[0] for line in stability] == ["| dafl", "| dfq", "| cmi", "| cudfkd",
@@ -284,11 +284,11 @@ def test_results_markdown_cells_and_order(tmp_path):
     # cudfkd: mu 93 and 95 -> 94 ± sqrt(2); var 5 and 5 -> 5 ± 0; memory 7004.16 / 1024 = 6.84 GB;
     # time 84 * 36 s = 0.84 h
     assert by_method["cudfkd cifar10"] == ("| cudfkd | cifar10 | resnet34→resnet18 | - | 2 | 94.00 ± 1.41 | "
-                                           "5.00 ± 0.00 | 97.00 ± 1.41 | 6.84 ± 0.00 | 0.84 ± 0.00 | "
+                                           "5.00 ± 0.00 | 97.00 ± 1.41 | 6.84 ± 0.00 | 0.84 ± 0.00 | - | "
                                            "84/84, 84/84 |")
     assert by_method["cmi cifar10"] == (f"| cmi | cifar10 | wrn40_2→wrn16_1 | - | 1 | {NOT_AVAILABLE_SHORT_RUN} | "
-                                        f"{NOT_AVAILABLE_SHORT_RUN} | 9.00 | – | 0.10 | 10/10 |")
-    assert by_method["dafl cifar10"].endswith("| 93.00 | 5.00 | 96.00 | – | 0.84 | 84/100 † |")
+                                        f"{NOT_AVAILABLE_SHORT_RUN} | 9.00 | – | 0.10 | - | 10/10 |")
+    assert by_method["dafl cifar10"].endswith("| 93.00 | 5.00 | 96.00 | – | 0.84 | - | 84/100 † |")
     assert "dafl" in markdown.split("Partial runs")[1].splitlines()[0]
     assert "84/100 (partial)" in markdown
     runs_start = lines.index("## Runs") + 4
@@ -501,3 +501,17 @@ def test_variants_precisions_and_warm_up_epochs_are_reported_apart(tmp_path):
                                     "75.87 (alternative state) | +0.13 |")
     assert comparison[2] == ("| fast (fast2) | cifar10 | resnet34→resnet18 | - | 93.00 | 92.62 (reproduction) | "
                              "+0.38 | the code state behind the paper is unknown (§13 item 3) |")
+
+
+def test_the_seed_stability_rows_are_printed_beside_measured_mu_and_variance(tmp_path):
+    """DFAD, MB-DFKD and PRE-DFKD appear in the seed's stability table only (§14.7, §15.3, §16.7): the
+    report prints that row beside the measured μ / σ² of the cell, and the reconstruction's kind."""
+    runs = [load_run(write_run(tmp_path / method, distillation_config(method), SHORT_CURVE))
+            for method in ("dfad", "mbdfkd", "predfkd")]
+    lines = render_results_markdown(runs, burn_in=80, tail_drop=0).splitlines()
+    stability = {line.split(" | ")[0][2:]: line for line in lines
+                 if line.startswith("| ") and " | cifar10 | resnet34→resnet18 | - | 1 | 93.00 | 5.00 |" in line}
+    assert stability["dfad"].endswith("| 86.1 / 12.3 / 93.3 | 84/84 |")
+    assert stability["mbdfkd (reconstruction)"].endswith("| 83.3 / 16.4 / 92.4 | 84/84 |")
+    assert stability["predfkd"].endswith("| 87.4 / 10.3 / 94.1 | 84/84 |")
+    assert any("92.40 (reconstruction)" in line for line in lines)

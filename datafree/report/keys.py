@@ -44,8 +44,11 @@ NO_TEACHER: str = "-"
 
 
 def cell_label(method: str, variant: str, precision: str | None) -> str:
-    """``method``, or ``method (variant, precision)`` for a variant or a precision other than fp32."""
-    qualifiers = [part for part in (variant, None if precision in (None, "fp32") else precision) if part]
+    """``method``, or ``method (caveat, variant, precision)`` for a method whose recipe has a caveat
+    (``mbdfkd (reconstruction)``), a variant or a precision other than fp32."""
+    recipe = recipes().get(method)
+    caveat = recipe.caveat if recipe is not None else ""
+    qualifiers = [part for part in (caveat, variant, None if precision in (None, "fp32") else precision) if part]
     return f"{method} ({', '.join(qualifiers)})" if qualifiers else method
 
 

@@ -147,10 +147,17 @@ def accuracy_csv_columns() -> list[Column[Cell]]:
             *CSV_PROGRESS]
 
 
+def _published_stability(cell: Cell) -> str:
+    """The paper's μ / σ² / best for the cell (the seed's stability rows, §14.7, §15.3, §16.7), or ``-``."""
+    return "-" if cell.published is None else cell.published.describe_stability()
+
+
 def stability_csv_columns(burn_in: int, tail_drop: int) -> list[Column[Cell]]:
-    """``stability.csv``: identity, the window, mean / std of each stability quantity, progress."""
+    """``stability.csv``: identity, the window, mean / std of each stability quantity, the paper's
+    stability row, progress."""
     return [*CSV_IDENTITY, _constant("burn_in", str(burn_in)), _constant("tail_drop", str(tail_drop)),
-            *(column for quantity in STABILITY_QUANTITIES for column in quantity.csv_columns()), *CSV_PROGRESS]
+            *(column for quantity in STABILITY_QUANTITIES for column in quantity.csv_columns()),
+            Column("published_mu_var_best", _published_stability), *CSV_PROGRESS]
 
 
 def stability_markdown_columns() -> list[Column[Cell]]:
@@ -159,6 +166,7 @@ def stability_markdown_columns() -> list[Column[Cell]]:
         *MARKDOWN_IDENTITY,
         Column("n", lambda cell: str(len(cell.runs))),
         *(quantity.markdown_column() for quantity in STABILITY_QUANTITIES),
+        Column("published μ / σ² / best", _published_stability),
         Column("epochs", lambda cell: ", ".join(run.progress for run in cell.runs)
                + (f" {PARTIAL_MARK}" if cell.partial_runs else "")),
     ]

@@ -136,6 +136,14 @@ class JSTemperatureOptions(Options):
 
 
 @dataclass(frozen=True)
+class BankSizeOptions(Options):
+    """Capacity of a ring-buffer memory bank (CMI's instance features, §4.5; MB-DFKD's images, §15)"""
+
+    bank_size: int = option(40960, "memory-bank capacity in rows (CMI: instance features; MB-DFKD: images)",
+                            "positive")
+
+
+@dataclass(frozen=True)
 class LoopOptions(Options):
     """options of every method (schedule, student optimiser, synthesis optimiser, shared loss weights; §3.3, §4.7)
 

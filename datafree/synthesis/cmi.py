@@ -46,7 +46,7 @@ from datafree.models import GeneratorS, reset_generator_init
 from datafree.options import option
 from datafree.synthesis.pool import MemoryBank
 from datafree.published import CUDFKD_SOURCE, Published
-from datafree.synthesis.base import LatentOptions, SynthesisSetup, TestPreset, WidthOptions
+from datafree.synthesis.base import BankSizeOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 from datafree.synthesis.recipe import DFKD_SCRIPT, BaselineRow, baseline_recipe, paper_numbers
 
@@ -118,7 +118,7 @@ class CMISynthesizer(PooledSynthesizer):
                                              "30", "--ngf", "16", "--bank_size", "512", "--n_neg", "64"))
 
     @dataclass(frozen=True)
-    class Options(LatentOptions, WidthOptions, PooledSynthesizer.Options):
+    class Options(BankSizeOptions, LatentOptions, WidthOptions, PooledSynthesizer.Options):
         """CMI options (§4.5)"""
 
         #: §4.7 CMI row.
@@ -128,7 +128,6 @@ class CMISynthesizer(PooledSynthesizer):
 
         cr: float = option(0.8, "CMI contrastive loss weight")
         cr_T: float = option(0.2, "CMI contrastive temperature", "positive")
-        bank_size: int = option(40960, "CMI memory-bank capacity in rows", "positive")
         n_neg: int = option(4096, "CMI cached negatives per iteration", "positive")
         head_dim: int = option(256, "CMI projection-head output size", "positive")
 

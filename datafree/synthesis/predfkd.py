@@ -15,7 +15,11 @@ step k replays from G_m before VAE update k, the reference order.
 the teacher is frozen. Kept from [REF] behind flags: BN eps 0.8 (``--gen_bn_eps``, item 2),
 element-mean JS (``--js_reduction``, item 3), the one-step latent refinement (``--z_steps``, item
 8), the student in train() for the G_n step (``--adv_student_mode``, item 10) and the refinement's
-G_m gradient in the VAE step (``--vae_prior_grad``, item 13).
+G_m gradient in the VAE step (``--vae_clean_grad`` unset, item 13).
+
+The novel generator, the KD batch and the L1 student loss are :class:`ReplaySynthesizer`'s
+(:mod:`datafree.synthesis.replay`), shared with the MB-DFKD reconstruction (§15); this file is the
+VAE memory.
 """
 from __future__ import annotations
 
@@ -23,17 +27,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.errors import UsageError
 from datafree.models.memory import Encoder, novel_generator
 from datafree.options import option
 from datafree.published import PAPER_CELLS, Published
-from datafree.synthesis.base import JSTemperatureOptions, TestPreset
-from datafree.synthesis.criterions import (information_entropy_log10, js_divergence_ref, l1_logits,
-                                           pseudo_label_cross_entropy)
-from datafree.synthesis.generative import GenerativeSynthesizer, StudentQueryOptions
+from datafree.synthesis.base import TestPreset
+from datafree.synthesis.criterions import information_entropy_log10, pseudo_label_cross_entropy
+from datafree.synthesis.replay import ReplaySynthesizer
 from datafree.synthesis.recipe import Launcher, Recipe, settings
 
 #: kuluhan/PRE-DFKD, the official code (§16.2).
@@ -87,26 +89,20 @@ def cifar_launcher(dataset: str, teacher: str, student: str) -> Launcher:
 #: PRE-DFKD's recipe (datafree.synthesis.recipe): the reference defaults on the paper's grid, with the
 #: published numbers of §16.7.
 RECIPE = Recipe(
-    label="PRE-DFKD", name="Pseudo Replay Enhanced DFKD", section="§16", table_row=10,
+    label="PRE-DFKD", name="Pseudo Replay Enhanced DFKD", section="§16", table_row=11,
     launchers=tuple(cifar_launcher(*cell) for cell in PAPER_CELLS),
     published={
         ("", "cifar10", *PUBLISHED_PAIR): Published(
             94.10, "reproduction", SEED_SOURCE,
-            "stability row (§16.7): mean 87.4 / variance 10.3 / best 94.1 over PRE-DFKD's epochs of 360 KD steps"),
+            "stability row (§16.7): mean 87.4 / variance 10.3 / best 94.1 over PRE-DFKD's epochs of 360 KD steps",
+            stability=(87.4, 10.3, 94.1)),
         ("", "cifar100", *PUBLISHED_PAIR): Published(
             77.04, "reproduction", SEED_SOURCE,
             "stability row (§16.7): mean 70.2 / variance 11.1 / best 77.1 over PRE-DFKD's epochs of 360 KD steps; "
-            "77.04 is also CMI's number (§16.11 item 4)"),
+            "77.04 is also CMI's number (§16.11 item 4)", stability=(70.2, 11.1, 77.1)),
     },
     notes=("Student loss: L1 between student and teacher logits on B novel + B/8 replayed images (§16.4).",
            "No pool: the VAE memory (memory generator + encoder) replays past synthetic distributions (§16.1)."))
-
-
-def js_disagreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 3.0,
-                    reduction: str = "elementmean") -> torch.Tensor:
-    """``L_dis = 1 − clamp(JS, 0, 1)`` with the reference JS at ``temperature`` (§16.4); minimising it
-    maximises the teacher-student disagreement."""
-    return 1.0 - js_divergence_ref(student_logits, teacher_logits, temperature, reduction).clamp(0.0, 1.0)
 
 
 def latent_moment_loss(latents: torch.Tensor) -> torch.Tensor:
@@ -120,7 +116,7 @@ def kld_loss(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (1 + log_variance - mean.pow(2) - log_variance.exp()).sum(dim=1)).mean()
 
 
-class PREDFKDSynthesizer(GenerativeSynthesizer):
+class PREDFKDSynthesizer(ReplaySynthesizer):
     """PRE-DFKD (§16): a novel generator, a VAE memory replaying past synthetic batches, L1 KD."""
 
     recipe = RECIPE
@@ -132,20 +128,9 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
                              learning_bar=30.0)
 
     @dataclass(frozen=True)
-    class Options(StudentQueryOptions, JSTemperatureOptions, GenerativeSynthesizer.Options):
+    class Options(ReplaySynthesizer.Options):
         """PRE-DFKD options (§16)"""
 
-        #: The reference defaults (§16.6, §16.9).
-        DEFAULTS = {"batch_size": 1024, "epochs": 400, "ep_steps": 360, "kd_steps": 10, "g_steps": 1, "lr": 0.1,
-                    "weight_decay": 5e-4, "lr_schedule": "cosine", "lr_g": 0.02, "beta1": 0.9, "beta2": 0.999,
-                    "T": 1.0, "nz": 1000, "ngf": 64, "adv": 1.0, "bn": 0.0, "oh": 1.0, "act": 0.1, "balance": 0.0,
-                    "generator": "G-D", "gen_output": "normalized", "gen_bn_eps": 0.8, "gen_sample_mode": "train"}
-
-        ie: float = option(5.0, "PRE-DFKD: weight of the base-10 information-entropy prior (§16.4)")
-        js_reduction: str = option("elementmean", "PRE-DFKD: JS over all B x C entries ([REF] KLDivLoss default) or "
-                                                  "per sample (batchmean) (§16.8)",
-                                   choices=("elementmean", "batchmean"))
-        mem_ratio: float = option(0.125, "PRE-DFKD: replayed rows per KD batch, as a fraction of B (§16.6)", "unit")
         vae_half: float = option(0.5, "PRE-DFKD: novel rows of the VAE input, as a fraction of B (§16.6)", "unit")
         vae_updates: int = option(4, "PRE-DFKD: VAE steps per round, after its first KD steps (at most "
                                      "--kd_steps, §16.5)", "non_negative")
@@ -158,27 +143,16 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
 
         def validate(self) -> None:
             super().validate()
-            if self.generator != "G-D" or self.gen_output != "normalized":
-                raise UsageError("--method predfkd needs --generator G-D --gen_output normalized (its networks are "
-                                 "G-D bodies with a normalised output, §16.3)")
-            if self.gen_sample_mode == "last":
-                raise UsageError("--method predfkd draws fresh novel batches: --gen_sample_mode last does not apply")
-            for name in ("mem_ratio", "vae_half"):
-                if getattr(self, name) <= 0:
-                    raise UsageError(f"--{name} must be above 0, got {getattr(self, name)}")
+            if self.vae_half <= 0:
+                raise UsageError(f"--vae_half must be above 0, got {self.vae_half}")
 
     def __init__(self, setup, options: Options) -> None:
         super().__init__(setup, options)
-        self.ie = options.ie
-        self.js_temperature = options.js_T
-        self.js_reduction = options.js_reduction
-        self.kd_steps = options.kd_steps
         self.vae_updates = options.vae_updates
         self.kld_weight = options.kld_w
         self.z_steps = options.z_steps
         self.vae_prior_grad = not options.vae_clean_grad
-        # At least 2 rows each: the latent refinement's unbiased variance and the train-mode BNs need two.
-        self.memory_rows = max(2, round(setup.batch_size * options.mem_ratio))
+        # At least 2 rows: the train-mode BNs of the VAE step need two.
         self.vae_rows = max(2, round(setup.batch_size * options.vae_half))
         self.memory_generator = novel_generator(nz=self.latent_dim, ngf=self.generator_width,
                                                 img_size=setup.image_size, out_channels=setup.channels,
@@ -188,31 +162,11 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
         vae_lr = self.synthesis_lr / options.vae_lr_div
         self.memory_optimizer = torch.optim.Adam(self.memory_generator.parameters(), lr=vae_lr)
         self.encoder_optimizer = torch.optim.Adam(self.encoder.parameters(), lr=vae_lr)
-        self.novel_images: torch.Tensor | None = None
         self.last_vae_terms: dict[str, torch.Tensor] = {}
-
-    def build_generator(self, options: Options) -> nn.Module:
-        """G_n: G-D with spectral norm, BN eps ``--gen_bn_eps``, uniform init (§16.3)."""
-        return novel_generator(nz=self.latent_dim, ngf=self.generator_width, img_size=self.setup.image_size,
-                               out_channels=self.setup.channels, bn_eps=options.gen_bn_eps, spectral=True)
-
-    # ------------------------------------------------------------------ novel generator (§16.4 item 1)
-    def prediction_terms(self, teacher_logits: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """``oh·OH + ie·IE``: the base's pseudo-label CE and the base-10 information entropy (§16.4 item 1).
-        With act, balance, bn and ``adv·L_dis`` the base's generator terms make G_n's objective; L_dis
-        reaches G_n through the student only."""
-        terms = super().prediction_terms(teacher_logits)
-        if self.ie:
-            terms["ie"] = (self.ie, information_entropy_log10(teacher_logits))
-        return terms
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         """One round's G_n steps (§16.4 item 1); the terms also carry the latest VAE step's."""
         return {**super().synthesize(), **self.last_vae_terms}
-
-    def adversarial_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """``L_dis(s, t.detach())`` (§16.4)."""
-        return js_disagreement(student_logits, teacher_logits.detach(), self.js_temperature, self.js_reduction)
 
     # ------------------------------------------------------------------ memory (§16.4 items 2 and 4)
     def memory_prior(self, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -245,15 +199,6 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
         with torch.no_grad():
             return self.forward_float(self.memory_generator, latents)
 
-    def sample(self) -> torch.Tensor:
-        """concat(B novel images of G_n, in ``--gen_sample_mode`` under no_grad; the replay batch), in
-        model space (§16.4 items 2-3). The novel images are kept for the VAE step."""
-        with torch.no_grad():
-            self.image_generator.train(self.sample_mode == "train")
-            novel = self.generate(self.setup.batch_size)
-        self.novel_images = novel
-        return self.memory_format(torch.cat([novel, self.replay()]))
-
     def after_student_step(self, kd_step: int) -> None:
         """The VAE step after each of the round's first ``--vae_updates`` KD steps (§16.5)."""
         if kd_step % self.kd_steps < self.vae_updates and self.novel_images is not None:
@@ -285,11 +230,6 @@ class PREDFKDSynthesizer(GenerativeSynthesizer):
         self.encoder_optimizer.step()
         self.last_vae_terms = {"loss_vae_rec": reconstruction_loss.detach(), "loss_vae_kld": kld.detach()}
         return self.last_vae_terms
-
-    def student_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, kd_step: int,
-                     features=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L1 between the logits, mean over all (B + B/8) × C entries (§16.4 item 3)."""
-        return l1_logits(student_logits, teacher_logits), {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

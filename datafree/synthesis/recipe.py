@@ -97,7 +97,8 @@ class Recipe:
     paper's tables (§5.9; methods after the paper's follow). ``variants`` are the ``--log_tag``
     values its launchers and published numbers use besides "" (e.g. CuDFKD's "late2022", §5.8).
     ``notes`` end the notes of every launcher. ``published`` maps (variant, dataset, teacher,
-    student) to the number that cell is compared with.
+    student) to the number that cell is compared with. ``caveat`` qualifies the method wherever it is named
+    (``--method``'s help, the report's rows), e.g. "reconstruction" for a method without public code.
     """
 
     label: str
@@ -108,6 +109,7 @@ class Recipe:
     published: Mapping[NumberKey, Published] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     variants: tuple[str, ...] = ()
+    caveat: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "published", MappingProxyType(dict(self.published)))
