@@ -26,6 +26,7 @@ BATCH = 2
 CLASSIFIER_TABLE: dict[str, tuple[int, int, int, int, int, int | None]] = {
     "resnet18": (11_173_962, 11_220_132, 512, 20, 20, None),
     "resnet34": (21_282_122, 21_328_292, 512, 36, 36, 8_512),
+    "resnet50": (23_520_842, 23_705_252, 2048, 53, 53, 26_560),  # §18.2 (Tiny-ImageNet teacher)
     "vgg11": (9_231_114, 9_277_284, 512, 8, 8, 2_752),
     "wrn16_1": (175_066, 180_916, 64, 15, 13, None),
     "wrn16_2": (691_674, 703_284, 128, 16, 13, None),
@@ -36,6 +37,14 @@ CLASSIFIER_TABLE: dict[str, tuple[int, int, int, int, int, int | None]] = {
     "lenet5_half": (15_738, 19_608, 60, 3, 0, None),
     "hintonnet": (2_395_210, 2_503_300, 1200, 0, 0, None),
     "hintonnet_half": (1_276_810, 1_348_900, 800, 0, 0, None),
+    # §18.2 family (b), ljrprocc's Tiny-ImageNet ResNets: the CIFAR count + the 64 stem biases
+    "resnet18_imagenet": (11_174_026, 11_220_196, 512, 20, 20, 4_800),
+    "resnet34_imagenet": (21_282_186, 21_328_356, 512, 36, 36, 8_512),
+    "resnet50_imagenet": (23_520_906, 23_705_316, 2048, 53, 53, 26_560),
+    # §19.2, torchvision's ImageNet models (counts at 1000 classes in tests/test_models_64_224.py)
+    "tv_resnet18": (11_181_642, 11_227_812, 512, 20, 20, 4_800),
+    "tv_resnet50": (23_528_522, 23_712_932, 2048, 53, 53, 26_560),
+    "tv_mobilenet_v2": (2_236_682, 2_351_972, 1280, 52, 52, 17_056),
 }
 
 # §1.9: l -> input shape (C, H, W) of the partial forward; "k" stands for the WRN widen factor.

@@ -1,6 +1,6 @@
-"""Model zoo: CIFAR and MNIST classifiers, generators and the Normalizer (METHODS.md §1).
+"""Model zoo: CIFAR, MNIST, Tiny-ImageNet and ImageNet classifiers, generators, the Normalizer (METHODS.md §1).
 
-``CLASSIFIERS`` maps the exact registry names of §1.1 and §1.5 to builders taking
+``CLASSIFIERS`` maps the exact registry names of §1.1, §1.5, §18.2 and §19.2 to builders taking
 ``num_classes`` and the keyword ``in_channels``; ``registry.get_model`` looks names up here.
 """
 
@@ -12,15 +12,18 @@ from torch import nn
 
 from datafree.models.generators import (CurriculumGenerator, GeneratorS, LargeGenerator, NoisyLayerGenerator,
                                         ReferenceGenerator, reset_default_init, reset_generator_init)
+from datafree.models.imagenet import (MobileNetV2, TorchvisionResNet, resnet18_imagenet, resnet34_imagenet,
+                                      resnet50_imagenet, tv_mobilenet_v2, tv_resnet18, tv_resnet50)
 from datafree.models.lenet import HintonNet, LeNet5, hintonnet, hintonnet_half, lenet5, lenet5_half
 from datafree.models.normalizer import Normalizer
-from datafree.models.resnet import ResNet, resnet18, resnet34
+from datafree.models.resnet import ResNet, resnet18, resnet34, resnet50
 from datafree.models.vgg import VGG, vgg11
 from datafree.models.wrn import WideResNet, wrn16_1, wrn16_2, wrn40_1, wrn40_2
 
 CLASSIFIERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
+    "resnet50": resnet50,
     "vgg11": vgg11,
     "wrn16_1": wrn16_1,
     "wrn16_2": wrn16_2,
@@ -30,6 +33,14 @@ CLASSIFIERS: dict[str, Callable[[int], nn.Module]] = {
     "lenet5_half": lenet5_half,
     "hintonnet": hintonnet,
     "hintonnet_half": hintonnet_half,
+    # §18.2 family (b): ljrprocc's Tiny-ImageNet teachers (torchvision layout, 3x3 biased stem, no max-pool)
+    "resnet18_imagenet": resnet18_imagenet,
+    "resnet34_imagenet": resnet34_imagenet,
+    "resnet50_imagenet": resnet50_imagenet,
+    # §19.2: torchvision's ImageNet models, for its published weights
+    "tv_resnet18": tv_resnet18,
+    "tv_resnet50": tv_resnet50,
+    "tv_mobilenet_v2": tv_mobilenet_v2,
 }
 
 #: Other spellings of these architectures found in released checkpoints (their ``arch`` entry),
@@ -47,10 +58,12 @@ __all__ = [
     "HintonNet",
     "LeNet5",
     "LargeGenerator",
+    "MobileNetV2",
     "NoisyLayerGenerator",
     "Normalizer",
     "ReferenceGenerator",
     "ResNet",
+    "TorchvisionResNet",
     "VGG",
     "WideResNet",
     "reset_default_init",

@@ -9,9 +9,10 @@
 * :func:`save_classifier` / :func:`load_classifier`: classifier weights with the metadata
   needed to validate them (architecture, class count, dataset, METHODS.md §7 item 12).
   :func:`load_classifier` also accepts the teachers released with CMI (``{dataset}_{arch}.pth``
-  holding ``epoch``, ``arch``, ``state_dict``, ``best_acc1``, ``optimizer``, ``scheduler``),
-  DataParallel saves (``module.``-prefixed keys) and a plain ``state_dict`` (the architecture
-  then comes from the command line, with a note).
+  holding ``epoch``, ``arch``, ``state_dict``, ``best_acc1``, ``optimizer``, ``scheduler``) and
+  ljrprocc (the same entries, keys of a DistributedDataParallel model, METHODS.md §18.3),
+  DataParallel / DDP saves (``module.``-prefixed keys) and a plain ``state_dict`` (the
+  architecture then comes from the command line, with a note).
 """
 from __future__ import annotations
 
@@ -226,5 +227,17 @@ def load_classifier(path: str | Path, model: nn.Module, arch: str, num_classes: 
     except RuntimeError as error:
         first_line = " ".join(str(error).strip().splitlines()[1:2]).strip() or str(error).splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not fit a {arch} with {num_classes} classes "
-                              f"({first_line[:200]})") from None
+                              f"({first_line[:200]}){layout_hint(state, arch)}") from None
     return metadata
+
+
+def layout_hint(state: Mapping[str, torch.Tensor], arch: str) -> str:
+    """Advice for a state_dict in torchvision's ResNet layout with a biased stem offered to a CIFAR ResNet.
+
+    ljrprocc's Tiny-ImageNet teachers (METHODS.md §18.3) have ``conv1.bias`` and ``fc.*`` keys; a file of
+    theirs without its ``arch`` entry, loaded as ``resnet50``, is meant for ``resnet50_imagenet``.
+    """
+    variant = f"{arch}_imagenet"
+    if variant in CLASSIFIERS and "conv1.bias" in state and "fc.weight" in state:
+        return f"; its keys are those of ljrprocc's Tiny-ImageNet ResNets: pass --teacher {variant}"
+    return ""
