@@ -21,19 +21,22 @@ torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` compute their sizes and 
 it every image must already be ``size``×``size`` (Tiny-ImageNet).
 
 The decoded split is cached as one file written by ``torch.save`` (a temporary file renamed into
-place, so a crash never leaves half a cache) holding the uint8 images, the labels and a digest of
+place, so a crash never leaves half a cache; a temporary file that a killed run left behind is
+deleted by the next write) holding the uint8 images, the labels and a digest of
 the sources: every image's relative path, label, size and modification time, and the decoding
 parameters. A later run recomputes the digest from the listing (one ``stat`` per file, no
 decoding) and reads the cache memory-mapped when it matches; otherwise it decodes again.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import struct
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 CACHE_FORMAT = 1
 #: Images per decoding task (one task writes its slice of the output array).
 CHUNK = 256
+#: A temporary cache file untouched this long was left by a killed run and is deleted.
+ABANDONED_SECONDS = 3600
 
 
 class FolderError(ValueError):
@@ -305,11 +310,24 @@ def load_cache(path: Path, digest: str, image_shape: tuple[int, int, int]) -> tu
     return images, labels
 
 
+def _remove_abandoned(path: Path) -> None:
+    """Delete temporary files of ``path`` that a killed run left behind (untouched for
+    :data:`ABANDONED_SECONDS`; a write in progress elsewhere keeps touching its file)."""
+    now = time.time()
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - candidate.stat().st_mtime > ABANDONED_SECONDS:
+                candidate.unlink()
+        except OSError:
+            continue
+
+
 def save_cache(path: Path, digest: str, images: torch.Tensor, labels: torch.Tensor) -> bool:
     """Write the cache atomically (temporary file + rename); a failure is a note, not an error."""
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(path)
         handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         temporary = Path(name)
         with os.fdopen(handle, "wb") as output:

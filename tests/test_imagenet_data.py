@@ -151,15 +151,25 @@ def test_tiny_bad_trees_are_one_line_exit_2_through_train_scratch(tmp_path, thre
     assert not run.exists() and not (tmp_path / "teacher.pth").exists()
 
 
-def test_train_scratch_trains_on_the_tiny_fixture(tmp_path, three_classes, monkeypatch):
+def test_train_scratch_then_datafree_kd_on_the_tiny_fixture(tmp_path, three_classes, monkeypatch):
+    """A 64-px teacher trained on the fixture's train split, then one DAFL epoch evaluated on its val
+    split, which comes from the cache train_scratch.py wrote (nothing decoded a second time)."""
     monkeypatch.setitem(registry.CLASSIFIERS, "tiny_cnn", TinyCNN)
     root = write_tiny_imagenet(tmp_path / "data", n_train=4, n_val=6)
+    teacher = tmp_path / "teacher.pth"
     result = train_scratch.main(["--model", "tiny_cnn", "--dataset", "tiny_imagenet", "--data_root", str(root),
                                  "--epochs", "1", "--batch_size", "4", "--lr", "0.05", "--device", "cpu",
-                                 "--no_progress", "--save_dir", str(tmp_path / "run"),
-                                 "--pretrained_path", str(tmp_path / "teacher.pth")])
-    assert result["epochs"] == 1 and 0 <= result["best_acc1"] <= 100 and (tmp_path / "teacher.pth").is_file()
-    assert cache_path(DATASETS["tiny_imagenet"], root, "train").is_file()
+                                 "--no_progress", "--save_dir", str(tmp_path / "run"), "--pretrained_path", str(teacher)])
+    assert result["epochs"] == 1 and 0 <= result["best_acc1"] <= 100 and teacher.is_file()
+    for split in ("train", "test"):
+        assert cache_path(DATASETS["tiny_imagenet"], root, split).is_file()
+    monkeypatch.setattr(folders, "decode", lambda *args: pytest.fail("the cached split was decoded again"))
+    summary = datafree_kd.main(["--method", "dafl", "--dataset", "tiny_imagenet", "--teacher", "tiny_cnn",
+                                "--student", "tiny_cnn", "--teacher_ckpt", str(teacher), "--data_root", str(root),
+                                "--save_dir", str(tmp_path / "kd"), "--device", "cpu", "--no_progress",
+                                "--batch_size", "6", "--epochs", "1", "--ep_steps", "2", "--kd_steps", "1", "--ngf", "8",
+                                "--test_on_device"])
+    assert summary["epochs"] == 1 and summary["best_acc1"] in (0.0, 100 / 6, 200 / 6, 50.0, 400 / 6, 500 / 6, 100.0)
 
 
 # ----------------------------------------------------------------------------- ImageNet reader
@@ -320,3 +330,15 @@ def test_host_staged_batches_reach_cuda_from_pinned_memory(tmp_path, three_class
     model = TinyCNN(3).cuda()
     assert evaluate(model, staged) == evaluate(model, whole)
 
+
+
+def test_a_temporary_cache_file_left_by_a_killed_run_is_removed(tmp_path, three_classes):
+    root = write_tiny_imagenet(tmp_path / "data", n_val=2)
+    cache = cache_path(DATASETS["tiny_imagenet"], root, "test")
+    cache.parent.mkdir(parents=True)
+    old, recent = cache.with_name(cache.name + ".abc123.tmp"), cache.with_name(cache.name + ".def456.tmp")
+    old.write_bytes(b"half a cache")
+    recent.write_bytes(b"being written")
+    os.utime(old, (1, 1))
+    load_split(root, "tiny_imagenet", "test", progress=False)
+    assert sorted(path.name for path in cache.parent.iterdir()) == sorted([cache.name, recent.name])
