@@ -37,7 +37,7 @@ from datafree.digests import file_sha256
 from datafree.errors import first_line
 from datafree.run.checkpoints import load_classifier
 from datafree.run.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
-from datafree.data import DatasetError, TensorLoader, download, load_split
+from datafree.data import DatasetError, TensorLoader, download, evaluation_loader, load_split
 from datafree.errors import CheckpointError, UsageError
 from datafree.run.evaluation import evaluate
 from datafree.synthesis.hooks import freeze
@@ -163,16 +163,18 @@ def check_batchnorm_terms(options: dict[str, Any], teacher: nn.Module) -> None:
 
 
 def load_test_batches(options: dict[str, Any], numerics: Numerics) -> TensorLoader:
-    """The test split on the device (data-free: the only real data ever read, §2.1)."""
+    """The test split (data-free: the only real data ever read, §2.1), on the device, or in host
+    memory one batch at a time where the dataset entry says so (ImageNet, §19.1) and
+    ``--test_on_device`` does not override it."""
     info = registry.get_dataset(options["dataset"])
     if options["download"]:
-        download(options["data_root"], options["dataset"])
-    images, labels = load_split(options["data_root"], options["dataset"], "test")
+        download(options["data_root"], options["dataset"], progress=options.get("progress", True))
+    images, labels = load_split(options["data_root"], options["dataset"], "test", cache_dir=options.get("cache_dir"),
+                                progress=options.get("progress", True))
     if images.shape[0] == 0:
         raise DatasetError(f"{options['dataset']}: the test split under {options['data_root']} holds no image")
-    return TensorLoader(images.to(numerics.device), labels.to(numerics.device), batch_size=options["batch_size"],
-                        shuffle=False, augment=False, mean=info.mean, std=info.std,
-                        channels_last=numerics.channels_last)
+    return evaluation_loader(info, images, labels, options["batch_size"], numerics.device, numerics.channels_last,
+                             test_on_device=True if options.get("test_on_device") else None)
 
 
 def fingerprint(module: nn.Module) -> str:

@@ -5,7 +5,8 @@ decay 1e-4, MultiStepLR 120/150/180 x0.1 stepped per epoch, 200 epochs, batch 25
 dataset's training augmentation (CIFAR: random crop with 4-px zero padding + horizontal flip),
 cross-entropy. A dataset entry may replace parts of it (``DatasetInfo.scratch_defaults``): MNIST
 trains as DAFL's teachers were, Adam lr 1e-3, no weight decay, no decay steps, 9 epochs, batch
-256, no augmentation (§20.1).
+256, no augmentation (§20.1); Tiny-ImageNet as the released 64-px teachers were, lr 0.2, batch
+128 (§18.3). ImageNet is refused in one line: its teachers are torchvision's weights (§19.1).
 
 The run directory holds config.yaml, metrics.jsonl, TensorBoard events, last.pth and best.pth.
 A finished run copies its best weights to ``checkpoints/pretrained/<dataset>_<model>.pth``,
@@ -41,7 +42,7 @@ import registry
 from datafree.augment import random_crop_flip, to_unit_float
 from datafree.run.checkpoints import write_error
 from datafree.run.cli import ArgumentParser, add_common_arguments, resolved_config, run_cli
-from datafree.data import DATASETS, DatasetError, TensorLoader, download, load_split
+from datafree.data import DATASETS, DatasetError, download, evaluation_loader, load_split
 from datafree.errors import UsageError
 from datafree.run.evaluation import evaluate
 from datafree.models import Normalizer
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Validate every argument and fill the defaults that depend on others (before anything is created)."""
     info = registry.get_dataset(args.dataset)
+    if info.scratch_refusal:
+        raise UsageError(f"--dataset {args.dataset}: {info.scratch_refusal}; pass the teacher's weights to "
+                         "datafree_kd.py with --teacher_ckpt")
     registry.lookup(registry.CLASSIFIERS, args.model, "model")
     recipe = ScratchOptions.resolve({name: getattr(args, name) for name in ScratchOptions.flag_names()},
                                     dataset=args.dataset, num_classes=info.num_classes)
@@ -114,15 +118,17 @@ def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_data(options: dict[str, Any], device: torch.device):
-    """Both splits as uint8 tensors on ``device`` (§2.1, §20); downloads when asked."""
+    """The training split as uint8 tensors on ``device`` and the test split on the CPU, for
+    :func:`~datafree.data.evaluation_loader` to place (§2.1, §18.1, §20); downloads when asked."""
     if options["download"]:
-        download(options["data_root"], options["dataset"])
-    splits = [load_split(options["data_root"], options["dataset"], split) for split in ("train", "test")]
+        download(options["data_root"], options["dataset"], progress=options["progress"])
+    splits = [load_split(options["data_root"], options["dataset"], split, cache_dir=options["cache_dir"],
+                         progress=options["progress"]) for split in ("train", "test")]
     for split, (images, _) in zip(("train", "test"), splits):
         if images.shape[0] == 0:
             raise DatasetError(f"{options['dataset']}: the {split} split under {options['data_root']} holds no image")
     (train_images, train_labels), (test_images, test_labels) = splits
-    return train_images.to(device), train_labels.to(device), test_images.to(device), test_labels.to(device)
+    return train_images.to(device), train_labels.to(device), test_images, test_labels
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -159,8 +165,8 @@ def train(options: dict[str, Any], device: torch.device, stop: StopRequest) -> d
     run.attach(states, model, plan)
     if stop.requested:  # a signal during set-up: stop at once, resumable from the first last.pth
         return run.interrupt(None)
-    test_batches = TensorLoader(test_images, test_labels, batch_size=options["batch_size"], shuffle=False,
-                                augment=False, mean=info.mean, std=info.std, channels_last=numerics.channels_last)
+    test_batches = evaluation_loader(info, test_images, test_labels, options["batch_size"], device,
+                                     numerics.channels_last, True if options["test_on_device"] else None)
     normalizer = Normalizer(info.mean, info.std).to(device)
     meter = None
     for tick in range(run.tick, len(plan)):

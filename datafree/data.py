@@ -1,20 +1,25 @@
-"""The datasets on disk and in memory: CIFAR-10 / CIFAR-100 (METHODS.md §2.1) and MNIST (§20).
+"""The datasets on disk and in memory: CIFAR-10 / CIFAR-100 (METHODS.md §2.1), Tiny-ImageNet (§18.1),
+ImageNet (§19.1) and MNIST (§20).
 
 * :data:`DATASETS` holds one :class:`DatasetInfo` per dataset: everything a method or an entry
   point reads about it (classes, channels, image size, the exact mean/std the teachers were
-  trained with, the reader of its official layout, the training and pool augmentation, the
-  ``train_scratch.py`` recipe). No code branches on a dataset's name; it reads these fields.
+  trained with, the reader of its official layout, the training and pool augmentation, where the
+  test split lives, the ``train_scratch.py`` recipe). No code branches on a dataset's name; it
+  reads these fields.
 * :func:`load_split` reads one split into a uint8 tensor ``(N, C, S, S)`` once; anything wrong on
   disk raises :class:`DatasetError`, whose one-line message shows the expected layout and the
   fix. CIFAR pickles are read by :class:`CifarUnpickler`, which admits only what the official
   archives hold (NumPy arrays and dtypes, lists, dicts, bytes, str, int): a file that asks for
   anything else (e.g. a function to call) is refused in one line without running it. MNIST's
-  IDX files are parsed by :mod:`datafree.idx` (no pickle involved).
+  IDX files are parsed by :mod:`datafree.idx` (no pickle involved); the JPEG folders of
+  Tiny-ImageNet and ImageNet by :mod:`datafree.folders`, which caches the decoded uint8 split.
 * :func:`download` fetches and verifies the official files, only when ``--download`` asks for
-  it (§2.1 [CLEAN]: never download at run time unless a flag asks for it).
+  it (§2.1 [CLEAN]: never download at run time unless a flag asks for it); ImageNet is never
+  downloaded (§19.1).
 * :class:`TensorLoader` replaces a DataLoader with workers: the whole split lives on the
   training device and batches are sliced, augmented (:mod:`datafree.augment`) and normalised
-  there.
+  there; :func:`evaluation_loader` keeps a test split too large for the device (ImageNet)
+  in host memory and copies one batch at a time (§19.1).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -34,15 +40,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datafree import idx
+from datafree import folders, idx
 from datafree.augment import random_crop_flip, random_permutation, to_unit_float
 from datafree.errors import UsageError
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "TensorLoader", "download", "load_split"]
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "TensorLoader", "download", "evaluation_loader", "load_split"]
 
 DOWNLOAD_CHUNK_BYTES = 1 << 20
-#: Readers of official layouts: the python pickles of CIFAR (§2.1) and MNIST's IDX files (§20).
-READERS = ("cifar_pickle", "idx")
+#: Readers of official layouts: the python pickles of CIFAR (§2.1), MNIST's IDX files (§20),
+#: Tiny-ImageNet's zip layout (§18.1) and class folders of JPEGs, ImageNet's (§19.1).
+READERS = ("cifar_pickle", "idx", "tiny_folder", "imagefolder")
+#: Where decoded folder datasets are cached when ``--cache_dir`` is not given: under the data root.
+DEFAULT_CACHE_FOLDER = "datafree_cache"
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,17 @@ class DatasetInfo:
     ``pool_padding`` / ``pool_flip`` the augmentation synthetic pools and banks apply to a batch
     (§3.5). ``scratch_defaults`` overrides ``train_scratch.py``'s reference recipe (§2.2) where
     the dataset's references train differently (MNIST: Adam, 9 epochs, §20.1). ``file_md5`` holds
-    the MD5 of each file fetched one by one (MNIST); archive datasets use ``archive_md5``.
+    the MD5 of each file fetched one by one (MNIST); archive datasets use ``archive_md5`` (a
+    ``.zip`` or ``.tar.gz`` archive, told apart by ``archive_filename``).
+
+    Folder datasets (§18.1, §19.1): ``train_files`` / ``test_files`` name the split's folder inside
+    :attr:`folder` (empty: the split is never read); ``eval_resize`` > 0 resizes the shorter side
+    to that many pixels before the centre ``image_size`` crop (ImageNet: 256 → 224), 0 requires
+    images of exactly ``image_size``. ``test_on_device`` says whether the test split is copied to
+    the training device whole (False: it stays in host memory, pinned for CUDA, and is copied one
+    batch at a time, §19.1; ``--test_on_device`` overrides). A dataset that cannot be downloaded
+    has no ``url`` and says in ``manual_download`` how to get the files; ``scratch_refusal`` is why
+    ``train_scratch.py`` does not train on it (empty: it does).
     """
 
     name: str
@@ -78,6 +97,10 @@ class DatasetInfo:
     pool_flip: bool = True
     scratch_defaults: Mapping[str, Any] = field(default_factory=dict)
     file_md5: Mapping[str, str] = field(default_factory=dict)
+    test_on_device: bool = True
+    eval_resize: int = 0
+    manual_download: str = ""
+    scratch_refusal: str = ""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -139,6 +162,36 @@ DATASETS: dict[str, DatasetInfo] = {
                   "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
                   "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
                   "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    # §18.1: the official zip as it unpacks; its val/ is the benchmark's test split (test/ has no
+    # labels). mean = std = 0.5 as every reference and the released teachers (§18.1);
+    # crop padding 4 (not scaled with the size) + flip for training and pools; the test split
+    # (10,000 × 12,288 B = 123 MB) lives on the device.
+    "tiny_imagenet": DatasetInfo(
+        name="tiny_imagenet", num_classes=200, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        folder="tiny-imagenet-200", train_files=("train",), test_files=("val",), label_key="",
+        url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+        archive_filename="tiny-imagenet-200.zip", archive_md5="90528d7ca1a48142e341f4ef8d21d0de",
+        files_pattern="{wnids.txt,train/<wnid>/images/*.JPEG,val/images/*.JPEG,val/val_annotations.txt}",
+        channels=3, image_size=64, reader="tiny_folder",
+        # §18.3, ljrprocc/DFKD scripts/run_scratch_tiny_imagenet.sh (the released 67.18 % ResNet-50):
+        # SGD momentum 0.9, lr 0.2, total batch 128, wd 1e-4, 200 epochs, x0.1 at 120/150/180.
+        scratch_defaults={"optimizer": "sgd", "epochs": 200, "batch_size": 128, "lr": 0.2, "momentum": 0.9,
+                          "weight_decay": 1e-4, "milestones": "120,150,180", "gamma": 0.1}),
+    # §19.1: ILSVRC-2012 val sorted into class folders, resized (shorter side 256) and centre-cropped
+    # to 224 once, then cached; 50,000 × 150,528 B = 7.5 GB, so the test split stays in host memory
+    # (§19.1). The train split is never read: the teachers are torchvision's pretrained weights.
+    # Pool augmentation: the crop-4 + flip stand-in until the pools gain Fast's RandomResizedCrop
+    # (§19.1).
+    "imagenet": DatasetInfo(
+        name="imagenet", num_classes=1000, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        folder="imagenet", train_files=(), test_files=("val",), label_key="", url="",
+        archive_filename="", archive_md5="", files_pattern="val/<wnid>/*.JPEG",
+        channels=3, image_size=224, reader="imagefolder", train_padding=0, train_flip=False,
+        test_on_device=False, eval_resize=256,
+        manual_download="ImageNet cannot be downloaded here (image-net.org needs an account): put the ILSVRC-2012 "
+                        "val images there, sorted into one folder per wnid",
+        scratch_refusal="ImageNet teachers are torchvision's pretrained weights (§19.1), so train_scratch.py "
+                        "does not train on ImageNet"),
 }
 
 
@@ -156,8 +209,9 @@ def _one_line(text: object) -> str:
 
 def _dataset_error(info: DatasetInfo, root: str | os.PathLike[str], problem: str) -> DatasetError:
     """A DatasetError naming the dataset, the problem, the expected layout and the fix."""
+    fix = "pass --download to fetch it" if info.url else info.manual_download
     return DatasetError(_one_line(
-        f"{info.name}: {problem}; expected layout {info.expected_layout(root)}; pass --download to fetch it, "
+        f"{info.name}: {problem}; expected layout {info.expected_layout(root)}; {fix}, "
         f"or point --data_root at a torchvision-style root that holds {info.folder}/"))
 
 
@@ -241,13 +295,22 @@ def _read_batch_file(info: DatasetInfo, root: Path, path: Path) -> tuple[np.ndar
     return data, labels
 
 
+#: Files a folder reader needs beside the split folders (what a complete download holds).
+FOLDER_READER_FILES = {"tiny_folder": {"train": ("wnids.txt",), "test": ("wnids.txt", "val/val_annotations.txt")},
+                       "imagefolder": {"train": (), "test": ()}}
+
+
 def _split_present(info: DatasetInfo, folder: Path, split: str) -> bool:
     if info.reader == "idx":
         return all(idx.find_file(folder, name) is not None for name in info.split_files(split))
+    if info.reader in FOLDER_READER_FILES:
+        return (all((folder / name).is_dir() for name in info.split_files(split))
+                and all((folder / name).is_file() for name in FOLDER_READER_FILES[info.reader][split]))
     return all((folder / name).is_file() for name in info.split_files(split))
 
 
-def _read_cifar_split(info: DatasetInfo, root: Path, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_cifar_split(info: DatasetInfo, root: Path, folder: Path, split: str,
+                      **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The pickles of one CIFAR split -> (uint8 (N, 3, 32, 32), int64 (N,)), in file order."""
     parts = [_read_batch_file(info, root, folder / name) for name in info.split_files(split)]
     data = np.concatenate([part[0] for part in parts])
@@ -256,7 +319,8 @@ def _read_cifar_split(info: DatasetInfo, root: Path, folder: Path, split: str) -
     return images, torch.from_numpy(labels)
 
 
-def _read_idx_split(info: DatasetInfo, root: Path, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_idx_split(info: DatasetInfo, root: Path, folder: Path, split: str,
+                    **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The two IDX files of one MNIST split -> (uint8 (N, 1, S, S) resized once, int64 (N,)) (§20.1)."""
     paths = []
     for name in info.split_files(split):
@@ -271,12 +335,60 @@ def _read_idx_split(info: DatasetInfo, root: Path, folder: Path, split: str) -> 
     return idx.resize_uint8(images, info.image_size), torch.from_numpy(labels)
 
 
-def load_split(root: str | os.PathLike[str], dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one split of a dataset's official files (§2.1, §20).
+def cache_path(info: DatasetInfo, root: str | os.PathLike[str], split: str,
+               cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the decoded ``split`` of a folder dataset is cached: ``<cache_dir>/<name>-<split>-<S>px.pt``,
+    ``cache_dir`` defaulting to ``<root>/datafree_cache`` (§18.1, §19.1)."""
+    folder = Path(cache_dir) if cache_dir is not None else Path(root) / DEFAULT_CACHE_FOLDER
+    return folder / f"{info.name}-{split}-{info.image_size}px.pt"
+
+
+def _read_folder_split(info: DatasetInfo, root: Path, folder: Path, split: str,
+                       cache_dir: str | os.PathLike[str] | None = None,
+                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A JPEG folder split (§18.1, §19.1) -> (uint8 (N, C, S, S), int64 (N,)), from the cache when it
+    matches the source files, else decoded (and cached)."""
+    names = info.split_files(split)
+    if not names:
+        raise DatasetError(f"{info.name}: the {split} split is never read ({info.scratch_refusal})")
+    lister = folders.list_tiny if info.reader == "tiny_folder" else folders.list_imagefolder
+    try:
+        listing = lister(folder, names[0], info.num_classes)
+    except folders.FolderError as error:
+        raise _dataset_error(info, root, str(error)) from None
+    if not listing.files:
+        return torch.empty((0, *info.image_shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    digest = listing.digest(f"reader {info.reader}; channels {info.channels}; size {info.image_size}; "
+                            f"resize {info.eval_resize}")
+    cache = cache_path(info, root, split, cache_dir)
+    cached = folders.load_cache(cache, digest, info.image_shape)
+    if cached is not None:
+        return cached
+    print(f"note: decoding the {len(listing.files)} images of {info.name} {split} once; cached in {cache}",
+          file=sys.stderr)
+    try:
+        images = folders.decode_all(listing, info.image_size, info.eval_resize, info.channels, progress,
+                                    description=f"{info.name} {split}")
+    except folders.FolderError as error:
+        raise _dataset_error(info, root, str(error)) from None
+    labels = torch.from_numpy(listing.labels)
+    folders.save_cache(cache, digest, images, labels)
+    return images, labels
+
+
+_READ_SPLIT = {"cifar_pickle": _read_cifar_split, "idx": _read_idx_split, "tiny_folder": _read_folder_split,
+               "imagefolder": _read_folder_split}
+
+
+def load_split(root: str | os.PathLike[str], dataset: str, split: str, cache_dir: str | os.PathLike[str] | None = None,
+               progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split of a dataset's official files (§2.1, §18.1, §19.1, §20).
 
     Returns ``(images uint8 (N, C, S, S), labels int64 (N,))`` on the CPU. CIFAR ``data`` rows are
     the 3072 values of one image in channel planes (1024 red, 1024 green, 1024 blue, row-major);
-    MNIST's 28-px digits are resized to ``image_size`` once here.
+    MNIST's 28-px digits are resized to ``image_size`` once here. JPEG folders are decoded once
+    (``progress``: a tqdm bar) and cached under ``cache_dir`` (default ``<root>/datafree_cache``);
+    a cached split comes back memory-mapped (copy-on-write).
     Raises :class:`DatasetError` for an unknown dataset or anything wrong on disk, and
     ``ValueError`` for a split other than 'train' / 'test'.
     """
@@ -288,8 +400,7 @@ def load_split(root: str | os.PathLike[str], dataset: str, split: str) -> tuple[
     folder = root_path / info.folder
     if not folder.is_dir():
         raise _dataset_error(info, root_path, f"folder {folder} does not exist")
-    reader = _read_idx_split if info.reader == "idx" else _read_cifar_split
-    return reader(info, root_path, folder, split)
+    return _READ_SPLIT[info.reader](info, root_path, folder, split, cache_dir=cache_dir, progress=progress)
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -331,8 +442,30 @@ def _fetch(info: DatasetInfo, root: Path, url: str, progress: bool, target: Path
         temporary.unlink(missing_ok=True)
 
 
+def _safe_extract_zip(info: DatasetInfo, root: Path, archive: Path) -> None:
+    """Extract a zip ``archive`` into ``root``, refusing absolute names, names that would land
+    outside ``root`` and symbolic links, before anything is written."""
+    destination = root.resolve()
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            members = handle.infolist()
+            for member in members:
+                name = member.filename
+                target = (destination / name).resolve()
+                is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+                if is_link or os.path.isabs(name) or "\\" in name or ":" in name \
+                        or not target.is_relative_to(destination):
+                    raise _dataset_error(info, root, f"archive {archive} holds an unsafe member {name!r}")
+            handle.extractall(destination, members=members)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise _dataset_error(info, root, f"could not extract {archive} ({type(error).__name__}: {error})") from error
+
+
 def _safe_extract(info: DatasetInfo, root: Path, archive: Path) -> None:
     """Extract ``archive`` into ``root``, refusing members that would land outside it or are links."""
+    if archive.name.endswith(".zip"):
+        _safe_extract_zip(info, root, archive)
+        return
     destination = root.resolve()
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -367,18 +500,23 @@ def _download_files(info: DatasetInfo, root: Path, progress: bool, url: str | No
 def download(root: str | os.PathLike[str], dataset: str, progress: bool = True, url: str | None = None) -> Path:
     """Fetch, verify (MD5) and unpack the official files into ``root`` (torchvision layout).
 
-    Does nothing when every file of the layout is already there. CIFAR: reuses an archive already
-    in ``root`` whose MD5 matches; otherwise downloads it (urllib, tqdm bar) to a temporary file
-    that is renamed only after the MD5 check; extraction refuses path traversal and links. MNIST:
-    the four ``.gz`` files, each checked against its official MD5 and read compressed. ``url``
-    overrides the official address (a mirror; for MNIST the folder holding the four files).
-    Returns ``root/<folder>``.
+    Does nothing when every file of the layout is already there. CIFAR and Tiny-ImageNet: reuses an
+    archive already in ``root`` whose MD5 matches; otherwise downloads it (urllib, tqdm bar) to a
+    temporary file that is renamed only after the MD5 check; extraction (tar.gz or zip) refuses
+    path traversal and links. MNIST: the four ``.gz`` files, each checked against its official MD5
+    and read compressed. A dataset without a ``url`` (ImageNet) is refused in one line that says
+    where to put the files. ``url`` overrides the official address (a mirror; for MNIST the folder
+    holding the four files). Returns ``root/<folder>``.
     """
     info = dataset_info(dataset)
     root_path = Path(root)
     folder = root_path / info.folder
     if _split_present(info, folder, "train") and _split_present(info, folder, "test"):
         return folder
+    if not info.url:
+        raise DatasetError(_one_line(f"{info.name}: --download cannot fetch it; expected layout "
+                                     f"{info.expected_layout(root_path)}; {info.manual_download}, or point "
+                                     f"--data_root at the root that holds {info.folder}/"))
     root_path.mkdir(parents=True, exist_ok=True)
     if info.reader == "idx":
         return _download_files(info, root_path, progress, url)
@@ -390,7 +528,12 @@ def download(root: str | os.PathLike[str], dataset: str, progress: bool = True, 
         print(f"downloading {source} -> {archive}", file=sys.stderr)
         _fetch(info, root_path, source, progress)
     _safe_extract(info, root_path, archive)
-    missing = [name for name in (*info.train_files, *info.test_files) if not (folder / name).is_file()]
+    if info.reader in FOLDER_READER_FILES:
+        needed = {*info.train_files, *info.test_files, *(name for names in FOLDER_READER_FILES[info.reader].values()
+                                                           for name in names)}
+        missing = sorted(name for name in needed if not (folder / name).exists())
+    else:
+        missing = [name for name in (*info.train_files, *info.test_files) if not (folder / name).is_file()]
     if missing:
         raise _dataset_error(info, root_path, f"archive {archive} did not contain {', '.join(missing)}")
     return folder
@@ -406,6 +549,11 @@ class TensorLoader:
     flip unless ``flip`` is False, per sample, from :mod:`datafree.augment`) runs on the uint8 batch before conversion
     to [0, 1] and normalisation with ``mean`` / ``std`` (none when they are None).
 
+    With ``stage_on_host`` the images stay in host memory (pinned when ``device`` is CUDA) and each
+    batch is copied to ``device`` as it is served (ImageNet's 7.5 GB test split, §19.1); the batch
+    then goes through the same preparation on the device, so the values are identical either way.
+    Such a loader serves evaluation only: no shuffle, no augmentation.
+
     The loader keeps no state between passes (the caller owns ``generator``), so
     :meth:`state_dict` is empty; it exists so the loader can sit beside stateful objects.
     """
@@ -413,7 +561,8 @@ class TensorLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
                  augment: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  device: torch.device | str | None = None, generator: torch.Generator | None = None,
-                 drop_last: bool = False, channels_last: bool = False, padding: int = 4, flip: bool = True) -> None:
+                 drop_last: bool = False, channels_last: bool = False, padding: int = 4, flip: bool = True,
+                 stage_on_host: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"TensorLoader expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape[:1] != images.shape[:1]:
@@ -422,8 +571,17 @@ class TensorLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if (mean is None) != (std is None):
             raise ValueError("pass both mean and std, or neither")
+        if stage_on_host and (shuffle or augment):
+            raise ValueError("a loader staged on the host serves evaluation only: no shuffle, no augmentation")
         target = torch.device(device) if device is not None else images.device
-        self.images = images.to(target)
+        self.device = target
+        self.stage_on_host = stage_on_host
+        if stage_on_host:
+            self.images = images.cpu()
+            if target.type == "cuda":
+                self.images = self.images.pin_memory()
+        else:
+            self.images = images.to(target)
         self.labels = labels.to(target)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -443,12 +601,13 @@ class TensorLoader:
         return (count + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.images.device
-        order = random_permutation(self.images.shape[0], device, self.generator) if self.shuffle else None
+        order = random_permutation(self.images.shape[0], self.device, self.generator) if self.shuffle else None
         for batch in range(len(self)):
             start, stop = batch * self.batch_size, (batch + 1) * self.batch_size
             if order is None:
                 images, labels = self.images[start:stop], self.labels[start:stop]
+                if self.stage_on_host:   # one batch to the device; asynchronous from pinned memory
+                    images = images.to(self.device, non_blocking=True)
             else:
                 indices = order[start:stop]
                 images, labels = self.images.index_select(0, indices), self.labels.index_select(0, indices)
@@ -474,3 +633,17 @@ class TensorLoader:
         """Accepts the (empty) dict from :meth:`state_dict`."""
         if state:
             raise ValueError(f"TensorLoader has no state, got keys {sorted(state)}")
+
+
+def evaluation_loader(info: DatasetInfo, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                      device: torch.device | str, channels_last: bool = False,
+                      test_on_device: bool | None = None) -> TensorLoader:
+    """The test split as normalised batches on ``device``, in stored order, for evaluation (§3.6).
+
+    Where the split lives follows the dataset entry (``info.test_on_device``) unless
+    ``test_on_device`` says otherwise (``--test_on_device`` passes True): on the device whole, or in
+    host memory with one batch copied at a time (ImageNet, §19.1). Both give the same values.
+    """
+    on_device = info.test_on_device if test_on_device is None else test_on_device
+    return TensorLoader(images, labels, batch_size=batch_size, shuffle=False, augment=False, mean=info.mean,
+                        std=info.std, device=device, channels_last=channels_last, stage_on_host=not on_device)

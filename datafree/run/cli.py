@@ -31,7 +31,7 @@ from datafree.run.seeding import MAX_SEED
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
                           "download", "log_interval", "num_threads", "nan_policy", "deterministic", "save_dir",
                           "teacher_ckpt", "pretrained_path", "environment", "world_size", "batch_size_per_rank",
-                          "synthesis_batch_size_per_rank"})
+                          "synthesis_batch_size_per_rank", "cache_dir", "test_on_device"})
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a command-line ``main`` and turn foreseeable errors into one line + an exit code."""
@@ -102,7 +102,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torchvision-style root holding " + ", ".join(f"{info.folder}/" for info in DATASETS.values())
                             + " (default $DATAFREE_DATA_ROOT or ./data)")
     group.add_argument("--download", action="store_true",
-                       help="download the dataset into --data_root if it is missing")
+                       help="download the dataset into --data_root if it is missing (never ImageNet)")
+    group.add_argument("--cache_dir", default=None,
+                       help="where JPEG datasets (tiny_imagenet, imagenet) keep their decoded uint8 splits, "
+                            "rebuilt when a source file changes (default <data_root>/datafree_cache)")
+    group.add_argument("--test_on_device", action="store_true",
+                       help="copy the whole test split to the device even where the dataset keeps it in host "
+                            "memory and copies one batch at a time (imagenet: 7.5 GB); same results either way")
     group.add_argument("--seed", type=checked("--seed", int, lambda value: 0 <= value <= MAX_SEED,
                                               f"must be in [0, {MAX_SEED}]"),
                        default=0, help=f"random seed, 0 ≤ seed ≤ {MAX_SEED}")
