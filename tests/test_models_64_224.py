@@ -1,4 +1,4 @@
-"""Models at 64 and 224 px (docs/METHODS.md §18.2, §18.3, §19.2): sizes, state-dict layouts, shapes, loading.
+"""Models at 64 and 224 px (docs/METHODS.md §18.2, §18.4, §19.2): sizes, state-dict layouts, shapes, loading.
 
 * ``resnet50``: the CIFAR-style Bottleneck ResNet (3x3 stem, no max-pool) for Tiny-ImageNet;
 * ``tv_resnet18``, ``tv_resnet50``, ``tv_mobilenet_v2``: torchvision's ImageNet models, whose published
@@ -253,7 +253,7 @@ def test_ljrprocc_resnet18_is_the_cifar_resnet18_plus_a_stem_bias() -> None:
 
 
 def ljrprocc_release(state_dict: dict, arch: str) -> dict:
-    """A teacher file as ljrprocc's ``train_scratch.py`` writes it (§18.3): DDP keys, arch, optimizer, scheduler."""
+    """A teacher file as ljrprocc's ``train_scratch.py`` writes it (§18.4): DDP keys, arch, optimizer, scheduler."""
     holder = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(holder.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [120, 150, 180], 0.1)
@@ -274,7 +274,7 @@ def teacher_options(path, teacher: str) -> dict:
 def test_a_ljrprocc_teacher_loads_through_the_driver(tmp_path, arch: str, wrapped: bool) -> None:
     source = randomise_batchnorm_statistics(CLASSIFIERS[arch](200)).eval()
     with torch.no_grad():
-        source.conv1.bias.normal_()  # the biased stem is part of the checkpoint (§18.3)
+        source.conv1.bias.normal_()  # the biased stem is part of the checkpoint (§18.4)
     path = tmp_path / f"tiny_imagenet_{arch}.pth"
     release = ljrprocc_release(source.state_dict(), arch)
     torch.save(release if wrapped else release["state_dict"], path)

@@ -1,4 +1,4 @@
-"""Classifiers in torchvision's layout: ImageNet models (METHODS.md §19.2) and ljrprocc's 64-px ResNets (§18.3).
+"""Classifiers in torchvision's layout: ImageNet models (METHODS.md §19.2) and ljrprocc's 64-px ResNets (§18.4).
 
 Two uses of one layout:
 
@@ -240,15 +240,15 @@ def tv_mobilenet_v2(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV
 
 
 def resnet18_imagenet(num_classes: int = 200, in_channels: int = 3) -> TorchvisionResNet:
-    """ljrprocc's Tiny-ImageNet ResNet-18: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.3)."""
+    """ljrprocc's Tiny-ImageNet ResNet-18: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.4)."""
     return TorchvisionResNet(TorchvisionBasicBlock, (2, 2, 2, 2), num_classes, in_channels, small_input_stem=True)
 
 
 def resnet34_imagenet(num_classes: int = 200, in_channels: int = 3) -> TorchvisionResNet:
-    """ljrprocc's Tiny-ImageNet ResNet-34: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.3)."""
+    """ljrprocc's Tiny-ImageNet ResNet-34: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.4)."""
     return TorchvisionResNet(TorchvisionBasicBlock, (3, 4, 6, 3), num_classes, in_channels, small_input_stem=True)
 
 
 def resnet50_imagenet(num_classes: int = 200, in_channels: int = 3) -> TorchvisionResNet:
-    """ljrprocc's Tiny-ImageNet ResNet-50: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.3)."""
+    """ljrprocc's Tiny-ImageNet ResNet-50: torchvision layout, 3x3 biased stem, no max-pool (§18.2, §18.4)."""
     return TorchvisionResNet(TorchvisionBottleneck, (3, 4, 6, 3), num_classes, in_channels, small_input_stem=True)

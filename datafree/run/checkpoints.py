@@ -10,7 +10,7 @@
   needed to validate them (architecture, class count, dataset, METHODS.md §7 item 12).
   :func:`load_classifier` also accepts the teachers released with CMI (``{dataset}_{arch}.pth``
   holding ``epoch``, ``arch``, ``state_dict``, ``best_acc1``, ``optimizer``, ``scheduler``) and
-  ljrprocc (the same entries, keys of a DistributedDataParallel model, METHODS.md §18.3),
+  ljrprocc (the same entries, keys of a DistributedDataParallel model, METHODS.md §18.4),
   DataParallel / DDP saves (``module.``-prefixed keys) and a plain ``state_dict`` (the
   architecture then comes from the command line, with a note).
 """
@@ -234,7 +234,7 @@ def load_classifier(path: str | Path, model: nn.Module, arch: str, num_classes: 
 def layout_hint(state: Mapping[str, torch.Tensor], arch: str) -> str:
     """Advice for a state_dict in torchvision's ResNet layout with a biased stem offered to a CIFAR ResNet.
 
-    ljrprocc's Tiny-ImageNet teachers (METHODS.md §18.3) have ``conv1.bias`` and ``fc.*`` keys; a file of
+    ljrprocc's Tiny-ImageNet teachers (METHODS.md §18.4) have ``conv1.bias`` and ``fc.*`` keys; a file of
     theirs without its ``arch`` entry, loaded as ``resnet50``, is meant for ``resnet50_imagenet``.
     """
     variant = f"{arch}_imagenet"
