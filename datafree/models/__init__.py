@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from datafree.models.generators import (CurriculumGenerator, GeneratorS, LargeGenerator, NoisyLayerGenerator,
-                                        ReferenceGenerator, reset_default_init, reset_generator_init)
+from datafree.models.generators import (CurriculumGenerator, GeneratorS, ImageSizeError, LargeGenerator,
+                                        NoisyLayerGenerator, ReferenceGenerator, SpatialLatentGenerator, fast_generator,
+                                        reset_default_init, reset_generator_init)
 from datafree.models.lenet import HintonNet, LeNet5, hintonnet, hintonnet_half, lenet5, lenet5_half
 from datafree.models.normalizer import Normalizer
 from datafree.models.resnet import ResNet, resnet18, resnet34
@@ -45,14 +46,17 @@ __all__ = [
     "CurriculumGenerator",
     "GeneratorS",
     "HintonNet",
+    "ImageSizeError",
     "LeNet5",
     "LargeGenerator",
     "NoisyLayerGenerator",
     "Normalizer",
     "ReferenceGenerator",
     "ResNet",
+    "SpatialLatentGenerator",
     "VGG",
     "WideResNet",
+    "fast_generator",
     "reset_default_init",
     "reset_generator_init",
 ]
