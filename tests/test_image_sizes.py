@@ -214,6 +214,11 @@ def test_moving_a_pool_to_the_host_mid_run_changes_no_sample() -> None:
     fresh.move_to_host(reserve=50)
     fresh.add(images[:2])
     assert fresh.capacity == 50   # the first allocation takes the projected final size
+    resumed = ImagePool()
+    resumed.move_to_host(reserve=50)
+    resumed.load_state_dict(moved.state_dict())
+    resumed.add(images[:1])
+    assert resumed.capacity == 50 and len(resumed) == 11   # a resumed host pool grows once, to its final size
 
 
 def test_cmi_with_a_host_pool_trains_exactly_as_with_a_device_pool() -> None:

@@ -130,7 +130,7 @@ class ImagePool:
         capacity = self._storage.shape[0]
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity)
+        new_capacity = max(needed, 2 * capacity, self._reserved)   # a resumed host pool: straight to its final size
         if self.max_size is not None:
             new_capacity = min(new_capacity, self.max_size)
         if new_capacity == capacity:
