@@ -52,6 +52,7 @@ from datafree.run.seeding import seed_everything
 from datafree.run.signals import StopRequest
 from datafree.run.stopping import all_finite
 from datafree.synthesis.base import SynthesisSetup, Synthesizer
+from datafree.synthesis.budget import POOL_DEVICE_MODES, plan_memory
 
 
 
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log Agreement@1 and probability loyalty on the test set (§6.3)")
     parser.add_argument("--log_tag", default="",
                         help="suffix of the default run directory name; launchers use it to name variants")
+    parser.add_argument("--pool_device", default="auto", choices=POOL_DEVICE_MODES,
+                        help="where a method's image pool lives (§21.3): the run's device, host memory (batches "
+                             "copied to the device one at a time; same results), or auto: the device while the "
+                             "stores' final size fits a quarter of its free memory, else the host")
     add_common_arguments(parser)
     return parser
 
@@ -116,7 +121,8 @@ def method_options(options: dict[str, Any]) -> Any:
 
 
 def check_memory(options: dict[str, Any], device: torch.device, world_size: int) -> None:
-    """Refuse batches that cannot fit: one fp32 image batch of a rank alone must fit the device."""
+    """Refuse batches that cannot fit: one fp32 image batch of a rank alone must fit the device. The
+    image is the dataset's real ``channels × size × size`` (§21.3)."""
     available = memory_bytes(device)
     largest = max(options["batch_size"], options["synthesis_batch_size"]) // world_size
     channels, height, width = registry.get_dataset(options["dataset"]).image_shape
@@ -208,7 +214,8 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
     Each rank synthesises and distils its share of the global batches. The cosine schedule runs
     over the KD epochs (``epochs − warmup``) down to ``eta_min`` (§3.3, §10.7); ``--lr_schedule
     constant`` keeps ``--lr`` (DAFL on MNIST, §20.1). The dataset entry gives the synthesizers
-    their image geometry and pool augmentation (§20).
+    their image geometry and pool augmentation (§20); their stores are sized and placed (device or
+    host, ``--pool_device``) and reported in one line (§21.3).
     """
     device, world = numerics.device, context.world_size
     info = registry.get_dataset(options["dataset"])
@@ -223,6 +230,9 @@ def build_training(options: dict[str, Any], teacher: nn.Module, context: distrib
                            rank=context.rank, world_size=world, channels=info.channels,
                            pool_padding=info.pool_padding, pool_flip=info.pool_flip)
     synthesizer = registry.get_method(options["method"])(setup, method_options(options))
+    memory = plan_memory(synthesizer, options["pool_device"])   # before the first synthesis (§21.3)
+    if memory and context.is_main:
+        print(memory, flush=True)
     if context.enabled:
         synthesizer.distribute(lambda module: distributed.wrap(module, context, device))
     trained_student = distributed.wrap(maybe_compile(student, options["compile"]), context, device)

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from datafree.models.generators import (CurriculumGenerator, GeneratorS, LargeGenerator, NoisyLayerGenerator,
-                                        ReferenceGenerator, reset_default_init, reset_generator_init)
+from datafree.models.generators import (CurriculumGenerator, GeneratorS, ImageSizeError, LargeGenerator,
+                                        NoisyLayerGenerator, ReferenceGenerator, SpatialLatentGenerator, fast_generator,
+                                        reset_default_init, reset_generator_init)
 from datafree.models.imagenet import (MobileNetV2, TorchvisionResNet, resnet18_imagenet, resnet34_imagenet,
                                       resnet50_imagenet, tv_mobilenet_v2, tv_resnet18, tv_resnet50)
 from datafree.models.lenet import HintonNet, LeNet5, hintonnet, hintonnet_half, lenet5, lenet5_half
@@ -56,6 +57,7 @@ __all__ = [
     "CurriculumGenerator",
     "GeneratorS",
     "HintonNet",
+    "ImageSizeError",
     "LeNet5",
     "LargeGenerator",
     "MobileNetV2",
@@ -64,8 +66,10 @@ __all__ = [
     "ReferenceGenerator",
     "ResNet",
     "TorchvisionResNet",
+    "SpatialLatentGenerator",
     "VGG",
     "WideResNet",
+    "fast_generator",
     "reset_default_init",
     "reset_generator_init",
 ]

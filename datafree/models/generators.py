@@ -1,11 +1,19 @@
-"""Latent-to-image generators G-S, G-L, G-Cu and G-D, NAYER's noisy-layer generator, and their
-re-initialisations (METHODS.md §1.7, §11.4, §20.1).
+"""Latent-to-image generators G-S, G-L, G-Cu, G-D, the deep body, NAYER's noisy-layer generator, and their
+re-initialisations (METHODS.md §1.7, §11.4, §19.3, §20.1).
 
-All three map ``z`` of shape ``(B, nz)`` to images in [0, 1] (sigmoid output)
-of shape ``(B, 3, img_size, img_size)``: a Linear projection reshaped to a
-small feature map, nearest-neighbour x2 upsampling, 3x3 convs with BN and
-Leaky-ReLU (slope 0.2), and a final 3x3 conv to 3 channels. BN layers keep the
-PyTorch defaults (momentum 0.1, eps 1e-5).
+All of them map ``z`` (``(B, nz)``; Fast's deep generator: ``(B, nz, s0, s0)``) to images in [0, 1]
+(sigmoid output; G-D optionally Tanh + affine-free BN) of shape ``(B, C, img_size, img_size)``: a
+small feature map, nearest-neighbour x2 upsampling, 3x3 convs with BN and Leaky-ReLU (slope 0.2),
+and a final 3x3 conv to the image's channels. BN layers keep the PyTorch defaults (momentum 0.1,
+eps 1e-5).
+
+Image sizes (§18.6, §19.3): every generator is built from the image side ``img_size`` alone.
+The start map of side ``s0 = img_size / 2**upsamplings`` must be a whole number and at most
+:data:`MAX_START_SIZE` (16, the largest start map of any reference: G-S / NAYER at 64 px);
+anything else is refused in one line (:class:`ImageSizeError`) that names a size or depth that
+works. G-S and NAYER's generator choose their body from the size (:func:`body_for`): the
+two-upsampling G-S body up to 64 px, the four-upsampling deep body of Fast / NAYER at ImageNet
+(§19.3) above.
 
 Constructors leave PyTorch's default init (what DAFL/ZSKT/DFQ use). Methods
 that need the §1.7 init (CMI at every synthesis call, CuDFKD once at
@@ -22,8 +30,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datafree.errors import UsageError
+
 LEAKY_RELU_SLOPE = 0.2
 INIT_STD = 0.02
+#: Largest side of the map a latent is projected (or, for Fast's deep generator, drawn) at: 16, the
+#: start map of G-S / NAYER at 64 px, the largest any reference uses (§18.6, §19.3). A larger start
+#: map means a Linear of hundreds of millions of parameters (G-L at 224 px: 56×56) and is refused.
+MAX_START_SIZE = 16
+#: Upsamplings of the two bodies G-S and NAYER choose between (:func:`body_for`).
+SHALLOW_UPSAMPLINGS, DEEP_UPSAMPLINGS = 2, 4
+#: What a refusal of G-L / G-D above 64 px suggests (no reference runs them there, §19.3).
+LARGE_IMAGE_HINT = ("; at larger sizes use a method with a deep-body generator (cmi, fast, nayer) or the "
+                    "curriculum generator G-Cu with a larger --depth (cudfkd, adadfkd)")
+
+
+class ImageSizeError(UsageError, ValueError):
+    """An image size a generator body cannot reach: one line naming a size or depth that works.
+
+    A :class:`~datafree.errors.UsageError` (the command line prints it and exits 2) and a ValueError."""
 
 
 def conv_bn_leaky_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -61,13 +86,48 @@ class ProjectedConvGenerator(nn.Module):
         projected = self.linear(z).view(z.shape[0], self.start_channels, self.start_size, self.start_size)
         return self.conv_blocks(projected)
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent: ``(nz,)``."""
+        return (self.nz,)
 
-def start_size_for(img_size: int, num_upsamplings: int) -> int:
-    """Side of the projected map, ``img_size / 2**num_upsamplings``; raises if not exact."""
+
+def start_size_for(img_size: int, num_upsamplings: int, name: str = "generator", hint: str = "") -> int:
+    """Side ``s0 = img_size / 2**num_upsamplings`` of the start map (§18.6, §19.3).
+
+    Raises :class:`ImageSizeError` unless ``s0`` is a whole number no larger than :data:`MAX_START_SIZE`;
+    ``hint`` ends the message of a start map that is too large (what to use instead).
+    """
     factor = 2**num_upsamplings
     if img_size <= 0 or img_size % factor != 0:
-        raise ValueError(f"img_size must be a positive multiple of {factor}, got {img_size}")
-    return img_size // factor
+        raise ImageSizeError(f"{name} upsamples {num_upsamplings} times (x{factor}), so the image size must be a "
+                             f"positive multiple of {factor}, got {img_size}")
+    start = img_size // factor
+    if start > MAX_START_SIZE:
+        raise ImageSizeError(f"{name} would start from a {start}x{start} map at {img_size} px (more than "
+                             f"{MAX_START_SIZE}x{MAX_START_SIZE}, a needlessly huge projection); it supports images "
+                             f"up to {MAX_START_SIZE * factor} px{hint}")
+    return start
+
+
+def body_for(img_size: int) -> str:
+    """The body G-S and NAYER's generator use at ``img_size`` (§19.3): ``"shallow"`` (the G-S body, two
+    upsamplings, s0 = S/4) while S/4 ≤ :data:`MAX_START_SIZE`, i.e. up to 64 px (what CMI, Fast and NAYER
+    do at 32 and 64 px); ``"deep"`` (the Fast / NAYER ImageNet body, four upsamplings, s0 = S/16: 14 at
+    224 px) above. A rule on the size alone, never on the dataset's name."""
+    return "shallow" if img_size <= MAX_START_SIZE * 2**SHALLOW_UPSAMPLINGS else "deep"
+
+
+def smallest_depth_for(img_size: int) -> int:
+    """The smallest G-Cu depth whose start map ``img_size / 2**d`` is whole and at most
+    :data:`MAX_START_SIZE` (4 at 224 px, the depth §19.3 names for flat-latent methods); 0 when there is none. Only what a
+    refusal suggests: the published depths are larger at small sizes (2 at 32 px, 3 at 64 px)."""
+    depth = 1
+    while img_size % 2**depth == 0:
+        if img_size // 2**depth <= MAX_START_SIZE:
+            return depth
+        depth += 1
+    return 0
 
 
 def gs_body(ngf: int, out_channels: int = 3) -> list[nn.Module]:
@@ -85,16 +145,80 @@ def gs_body(ngf: int, out_channels: int = 3) -> list[nn.Module]:
     return layers
 
 
+def deep_body(ngf: int, in_channels: int, out_channels: int = 3) -> list[nn.Module]:
+    """The "deep body" of Fast's and NAYER's ImageNet generators (§19.3), for a start map of
+    ``in_channels`` × s0 × s0 (s0 = img_size/16: 14 at 224 px).
+
+    conv in->2ngf (no bias) -> BN -> LReLU (no upsampling), then four × [Up, conv, BN, LReLU] with
+    widths 2ngf, ngf, ngf, ngf, then conv ngf->C (bias) -> Sigmoid. No BN before the first conv (as in
+    both references). 444,995 parameters with ngf=64, in_channels=128, C=3.
+    """
+    layers = conv_bn_leaky_relu(in_channels, 2 * ngf)
+    for source, target in ((2 * ngf, 2 * ngf), (2 * ngf, ngf), (ngf, ngf), (ngf, ngf)):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest")]
+        layers += conv_bn_leaky_relu(source, target)
+    layers += to_rgb(ngf, out_channels)
+    return layers
+
+
+def projected_body(ngf: int, img_size: int, out_channels: int, name: str) -> tuple[int, list[nn.Module]]:
+    """``(s0, layers)`` after the Linear of G-S / NAYER at ``img_size``: the G-S body with s0 = S/4, or
+    the deep body with s0 = S/16 (:func:`body_for`); both start from 2ngf channels."""
+    if body_for(img_size) == "shallow":
+        return start_size_for(img_size, SHALLOW_UPSAMPLINGS, name), gs_body(ngf, out_channels)
+    return start_size_for(img_size, DEEP_UPSAMPLINGS, f"{name} (deep body)"), deep_body(ngf, 2 * ngf, out_channels)
+
+
 class GeneratorS(ProjectedConvGenerator):
     """G-S, the CMI / Fast-Datafree "Generator" (§1.7).
 
     Linear(nz -> 2*ngf*s0*s0), s0 = img_size/4, then the G-S body (:func:`gs_body`):
     BN(2ngf) -> Up -> conv 2ngf->2ngf -> BN -> LReLU -> Up -> conv 2ngf->ngf -> BN -> LReLU
-    -> conv ngf->3 -> Sigmoid. 2,328,899 parameters with nz=256, ngf=64.
+    -> conv ngf->3 -> Sigmoid. 2,328,899 parameters with nz=256, ngf=64 (32 px).
+
+    Above 64 px (:func:`body_for`) the same Linear feeds the deep body instead, s0 = img_size/16
+    (:func:`deep_body`; 6,892,611 parameters at 224 px, nz 256, ngf 64). No reference runs G-S there:
+    this is NAYER's ImageNet decoder with a latent input (§19.3).
     """
 
     def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 32, out_channels: int = 3) -> None:
-        super().__init__(nz, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf, out_channels))
+        start_size, layers = projected_body(ngf, img_size, out_channels, "G-S")
+        super().__init__(nz, 2 * ngf, start_size, layers)
+        self.body = body_for(img_size)
+
+
+class SpatialLatentGenerator(nn.Module):
+    """Fast's ImageNet ``DeepGenerator`` (§19.3): a spatial latent ``z`` of shape ``(B, nz, s0, s0)``,
+    s0 = img_size/16 (14 at 224 px), straight into the deep body (:func:`deep_body` with nz input
+    channels). The reference's Linear is never used, so it is left out ([CLEAN]). 592,451 parameters
+    with nz 256, ngf 64, 3 channels.
+    """
+
+    def __init__(self, nz: int = 256, ngf: int = 64, img_size: int = 224, out_channels: int = 3) -> None:
+        super().__init__()
+        self.nz = nz
+        self.start_size = start_size_for(img_size, DEEP_UPSAMPLINGS, "the deep generator")
+        self.conv_blocks = nn.Sequential(*deep_body(ngf, nz, out_channels))
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent: ``(nz, s0, s0)``."""
+        return (self.nz, self.start_size, self.start_size)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Map latents ``(B, nz, s0, s0)`` to images ``(B, C, img_size, img_size)`` in [0, 1]."""
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"expected latents of shape (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(z.shape)}")
+        return self.conv_blocks(z)
+
+
+def fast_generator(nz: int, ngf: int, img_size: int, out_channels: int = 3) -> nn.Module:
+    """Fast's generator at ``img_size`` (:func:`body_for`): G-S up to 64 px (§10.3), the spatial-latent
+    deep generator above (§19.3). Both expose ``latent_shape``."""
+    if body_for(img_size) == "shallow":
+        return GeneratorS(nz=nz, ngf=ngf, img_size=img_size, out_channels=out_channels)
+    return SpatialLatentGenerator(nz=nz, ngf=ngf, img_size=img_size, out_channels=out_channels)
 
 
 class NoisyLayers(nn.Module):
@@ -159,6 +283,9 @@ class NoisyLayerGenerator(nn.Module):
     ``c`` makes one image per class. Parameters with ngf 64, hidden 1000, batch 400, D 512:
     28,944,771 (C = 10) and 10,476,771 (C = 100). The BN1d keeps no running statistics: NAYER
     only ever uses it in training mode, so this changes nothing but makes ``eval()`` harmless.
+
+    Above 64 px the decoder is NAYER's ``NLDeepGenerator`` (:func:`body_for`, §19.3): s0 = img_size/16
+    and the deep body; 7,024,963 parameters at 224 px with ngf 64, hidden 256, D 512, C 1000, batch 200.
     """
 
     def __init__(self, embeddings: torch.Tensor, hidden: int = 1000, ngf: int = 64, img_size: int = 32,
@@ -173,7 +300,8 @@ class NoisyLayerGenerator(nn.Module):
         self.register_buffer("embeddings", embeddings.detach().float().clone(), persistent=False)
         self.embedding_norm = nn.BatchNorm1d(self.embedding_dim, track_running_stats=False)
         self.noisy_layers = NoisyLayers(-(-batch_size // self.num_classes), self.embedding_dim, hidden)
-        self.decoder = ProjectedConvGenerator(hidden, 2 * ngf, start_size_for(img_size, 2), gs_body(ngf, out_channels))
+        start_size, layers = projected_body(ngf, img_size, out_channels, "NAYER's generator")
+        self.decoder = ProjectedConvGenerator(hidden, 2 * ngf, start_size, layers)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         """Images ``(N, 3, img_size, img_size)`` in [0, 1] for class labels ``(N,)``."""
@@ -205,7 +333,7 @@ class LargeGenerator(ProjectedConvGenerator):
         layers += [nn.Upsample(scale_factor=2, mode="nearest")]
         layers += conv_bn_leaky_relu(2 * ngf, ngf)
         layers += to_rgb(ngf, out_channels)
-        super().__init__(nz, start_channels, start_size_for(img_size, 2), layers)
+        super().__init__(nz, start_channels, start_size_for(img_size, SHALLOW_UPSAMPLINGS, "G-L", LARGE_IMAGE_HINT), layers)
 
 
 class CurriculumGenerator(ProjectedConvGenerator):
@@ -230,8 +358,18 @@ class CurriculumGenerator(ProjectedConvGenerator):
             channels //= 2
         layers += conv_bn_leaky_relu(channels, ngf)
         layers += to_rgb(ngf, out_channels)
-        super().__init__(nz, start_channels, start_size_for(img_size, depth), layers)
+        super().__init__(nz, start_channels, curriculum_start_size(img_size, depth), layers)
         self.depth = depth
+
+
+def curriculum_start_size(img_size: int, depth: int) -> int:
+    """G-Cu's start map ``img_size / 2**depth`` (§1.7, §18.6); a refusal names the depth that works."""
+    try:
+        return start_size_for(img_size, depth, f"G-Cu with --depth {depth}")
+    except ImageSizeError as error:
+        suggestion = smallest_depth_for(img_size)
+        hint = f"; pass --depth {suggestion} or more" if suggestion and suggestion > depth else ""
+        raise ImageSizeError(f"{error}{hint}") from None
 
 
 class AffineFreeBatchNorm(nn.BatchNorm2d):
@@ -273,7 +411,7 @@ class ReferenceGenerator(ProjectedConvGenerator):
             nn.BatchNorm2d(ngf, eps=bn_eps), nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
             nn.Conv2d(ngf, out_channels, 3, stride=1, padding=1)]
         layers += [nn.Tanh(), AffineFreeBatchNorm(out_channels)] if output == "normalized" else [nn.Sigmoid()]
-        super().__init__(nz, start_channels, start_size_for(img_size, 2), layers)
+        super().__init__(nz, start_channels, start_size_for(img_size, SHALLOW_UPSAMPLINGS, "G-D", LARGE_IMAGE_HINT), layers)
         self.output = output
 
 

@@ -31,7 +31,7 @@ from datafree.run.seeding import MAX_SEED
 RUNTIME_KEYS = frozenset({"device", "max_minutes", "resume", "overwrite", "progress", "data_root",
                           "download", "log_interval", "num_threads", "nan_policy", "deterministic", "save_dir",
                           "teacher_ckpt", "pretrained_path", "environment", "world_size", "batch_size_per_rank",
-                          "synthesis_batch_size_per_rank", "cache_dir", "test_on_device"})
+                          "synthesis_batch_size_per_rank", "cache_dir", "test_on_device", "pool_device"})
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a command-line ``main`` and turn foreseeable errors into one line + an exit code."""

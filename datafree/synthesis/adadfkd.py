@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from datafree.synthesis import curriculum
 from datafree.synthesis.criterions import infonce, r2m_loss
 from datafree.options import option
+from datafree.synthesis.budget import Store
 from datafree.synthesis.pool import NegativeQueue
 from datafree.published import Published
 from datafree.synthesis.base import SynthesisSetup, TestPreset
@@ -220,6 +221,11 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
         if self.setup.world_size > 1 and dist.is_available() and dist.is_initialized():
             self.gather_keys = True
             dist.broadcast(self.queue.keys, src=0)  # before any read: nothing else holds this tensor yet
+
+    def memory_stores(self) -> list[Store]:
+        """The negative queue: ``queue_size`` unit keys of the teacher's feature width, float32, on the device
+        (§21.3)."""
+        return [Store("negative queue", self.queue.capacity, (self.queue.dim,), self.queue.keys.dtype)]
 
     def student_extra_parameters(self) -> list[nn.Parameter]:
         """The persistent projection P, trained by the student's optimizer (§12.8 item 1)."""

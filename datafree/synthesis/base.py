@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from datafree.augment import random_crop_flip
+from datafree.synthesis.budget import Store
 from datafree.synthesis.criterions import kl_divergence
 from datafree.errors import UsageError
 from datafree.synthesis.hooks import BatchNormStatisticsHook
@@ -311,6 +312,17 @@ class Synthesizer:
     def preview_images(self) -> torch.Tensor | None:
         """Images in [0, 1] from the latest synthesis, for the TensorBoard grid."""
         return None
+
+    # ------------------------------------------------------------------ memory (§21.3)
+    def memory_stores(self) -> list[Store]:
+        """The method's stores at their final size for this run (an image pool, a feature bank, a queue),
+        from the real image geometry; reported at start (:func:`datafree.synthesis.budget.plan_memory`).
+        Default: none."""
+        return []
+
+    def spill_to_host(self) -> None:
+        """Keep the stores that may live in host memory (the image pool) there from now on (§21.3).
+        Called before the first synthesis; changes no result. Default: nothing to move."""
 
     # ------------------------------------------------------------------ helpers
     def autocast(self):

@@ -44,6 +44,7 @@ from datafree.errors import UsageError
 from datafree.synthesis.hooks import InstanceFeatureHook, instance_feature_modules
 from datafree.models import GeneratorS, reset_generator_init
 from datafree.options import option
+from datafree.synthesis.budget import Store
 from datafree.synthesis.pool import MemoryBank
 from datafree.published import CUDFKD_SOURCE, Published
 from datafree.synthesis.base import BankSizeOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
@@ -166,6 +167,11 @@ class CMISynthesizer(PooledSynthesizer):
         size = self.setup.image_size
         self.teacher_forward(torch.zeros(1, self.setup.channels, size, size, device=self.device))
         return int(self.feature_hook.features.shape[1])
+
+    def memory_stores(self) -> list[Store]:
+        """The pool, and the feature bank: ``bank_size`` rows of ``[hl ‖ hg]`` (2d float32), on the device (§21.3)."""
+        return [*super().memory_stores(), Store("feature bank", self.bank.capacity, (self.bank.dim,),
+                                                self.bank.features.dtype)]
 
     # ------------------------------------------------------------------ synthesis
     def contrastive_term(self, local_features: torch.Tensor, global_features: torch.Tensor,

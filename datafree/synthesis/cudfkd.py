@@ -201,7 +201,8 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
         adv_type: str = option("kl", "adversarial term (§5.2)", choices=("kl", "js"))
         adv_mask: str = option("on", "adversarial KL only on samples where student and teacher agree (CuDFKD on, "
                                      "AdaDFKD off, §12.4)", choices=("on", "off"))
-        depth: int = option(2, "G-Cu depth d (2 for 32 px)", "positive")
+        depth: int = option(2, "G-Cu depth d: start map S/2^d, whole and at most 16 (2 for 32 px, 3 for 64 px as "
+                               "published, at least 4 at 224 px; §18.6)", "positive")
 
         def derive(self) -> None:
             """The pace growth from --lambda_end or the dataset (§5.4); balance from lmda_ent (§5.2)."""

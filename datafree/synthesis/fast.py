@@ -1,7 +1,8 @@
 """FastDFKD: a meta-learned generator adapted for a few steps per batch (METHODS.md §10).
 
-One **meta-generator** (G-S, §1.7, ``nz = 256``, PyTorch default init, §10.3) is the
-initialisation of every synthetic batch's generator. One ``synthesize()`` (§10.6):
+One **meta-generator** (G-S, §1.7, ``nz = 256``, PyTorch default init, §10.3; above 64 px the
+spatial-latent deep generator of the reference's ImageNet code, latents ``nz × S/16 × S/16``, §19.3)
+is the initialisation of every synthetic batch's generator. One ``synthesize()`` (§10.6):
 
 1. copy the meta weights θ (and BN buffers) into the **fast generator** θ' (one module reused
    for every call, in train mode); draw a fresh learnable latent batch ``z`` (Bs × nz) and
@@ -44,7 +45,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from datafree.errors import UsageError
-from datafree.models import GeneratorS
+from datafree.models import fast_generator
 from datafree.options import option
 from datafree.published import PAIRS, Published
 from datafree.synthesis.base import BNMomentumOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
@@ -182,8 +183,13 @@ class FastSynthesizer(PooledSynthesizer):
         self.meta_rule = options.fast_meta
         self.warmup = options.warmup
         self.reset_epoch = options.reset_l0_epoch
-        self.meta_generator = GeneratorS(nz=self.latent_dim, ngf=options.ngf, img_size=setup.image_size,
-                                         out_channels=setup.channels).to(setup.device)
+        # G-S up to 64 px; above, the spatial-latent deep generator of Fast's ImageNet code (§19.3).
+        self.meta_generator = fast_generator(nz=self.latent_dim, ngf=options.ngf, img_size=setup.image_size,
+                                             out_channels=setup.channels).to(setup.device)
+        if not hasattr(self.meta_generator, "linear") and 0 <= self.reset_epoch < setup.epochs:
+            raise UsageError(f"--reset_l0_epoch {self.reset_epoch} re-initialises G-S's Linear, but at "
+                             f"{setup.image_size} px Fast's deep generator has none (the reference's ImageNet "
+                             "code never resets, §19.3): pass --reset_l0_epoch -1")
         # θ': one module for every synthesis, overwritten with θ at the start of each call.
         self.fast_generator = copy.deepcopy(self.meta_generator)
         self.meta_optimizer = torch.optim.Adam(self.meta_generator.parameters(),
@@ -245,7 +251,7 @@ class FastSynthesizer(PooledSynthesizer):
         count = self.setup.synthesis_batch_size
         self.fast_generator.load_state_dict(self.meta_generator.state_dict())
         self.fast_generator.train()
-        latents = self.randn(count, self.latent_dim).requires_grad_(True)
+        latents = self.randn(count, *self.meta_generator.latent_shape).requires_grad_(True)
         targets = self.random_labels(count)
         inner_optimizer = torch.optim.Adam([{"params": self.fast_generator.parameters(), "lr": self.synthesis_lr},
                                             {"params": [latents], "lr": self.latent_lr}], betas=self.betas)

@@ -206,6 +206,14 @@ class NAYERSynthesizer(PooledSynthesizer):
             self.recreated_epoch = epoch
         return {"synthesis_loops": float(self.loops_for(epoch)), "generator_recreated": float(due)}
 
+    def synthesis_batches(self) -> int:
+        """Batches the run adds to the pool: per round, ``gwp_loops`` in a warm-up epoch and ``g_loops``
+        afterwards (§11.6)."""
+        options = self.options
+        warmup_epochs = min(options.warmup, options.epochs)
+        batches_per_round = warmup_epochs * options.gwp_loops + (options.epochs - warmup_epochs) * options.g_loops
+        return batches_per_round * (options.ep_steps // options.kd_steps)
+
     def persistent_parameters(self) -> list[nn.Parameter]:
         """The generator without its noisy layers (re-initialised before every batch)."""
         return self.image_generator.persistent_parameters()

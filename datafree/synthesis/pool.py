@@ -2,8 +2,10 @@
 
 :class:`ImagePool` replaces the references' folder of 8-bit PNGs that is re-scanned into a new
 DataLoader after every synthesis (§7 item 1): images are quantised exactly as the PNG round
-trip would (clamp to [0, 1], ×255, truncate) and kept in one uint8 tensor, on the GPU if
-wanted; batches are drawn like a cycling, shuffled DataLoader over the whole pool.
+trip would (clamp to [0, 1], ×255, truncate) and kept in one uint8 tensor, on the run's device,
+or in host memory when it would not fit there (§21.3: batches are then gathered on the host and
+copied to the device one at a time); batches are drawn like a cycling, shuffled DataLoader over
+the whole pool.
 
 :class:`MemoryBank` is CMI's ring buffer of instance features, without the reference's
 ``capacity % batch == 0`` assertion and without its empty sample at exactly full capacity.
@@ -53,13 +55,23 @@ class ImagePool:
     references rebuild their loader after every synthesis), and a batch is never short — its
     remainder comes from the next permutation. A pool smaller than the batch is sampled with
     replacement.
+
+    ``device`` is where batches are returned (the run's device). With ``on_host`` the storage lives
+    in host memory instead (§21.3): each batch is gathered there into a staging tensor (pinned when
+    ``device`` is CUDA), then copied to ``device`` without blocking. Every random draw (permutations,
+    indices) is made exactly as on the device path, with the same generator, and only then moved,
+    so both paths return identical batches. Host-path costs: one device-to-host copy per added batch
+    and per new permutation (once per pass), and per step while the pool is smaller than a batch.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", max_size: int | None = None) -> None:
+    def __init__(self, device: torch.device | str = "cpu", max_size: int | None = None, on_host: bool = False) -> None:
         if max_size is not None and max_size < 1:
             raise ValueError(f"max_size must be positive or None, got {max_size}")
         self.device = torch.device(device)
+        self.on_host = on_host
+        self.storage_device = torch.device("cpu") if on_host else self.device
         self.max_size = max_size
+        self._reserved = 0                               # capacity of the first allocation (host pools)
         self._storage: torch.Tensor | None = None       # (capacity, C, H, W) uint8
         self._size = 0                                   # valid images in storage
         self._write_position = 0                         # next slot once a bounded pool is full
@@ -83,29 +95,47 @@ class ImagePool:
 
     @property
     def images(self) -> torch.Tensor:
-        """View of the stored uint8 images ``(len, C, H, W)`` (order = storage order)."""
+        """View of the stored uint8 images ``(len, C, H, W)`` (order = storage order), where they are stored."""
         if self._storage is None:
-            return torch.empty((0, 3, 0, 0), dtype=torch.uint8, device=self.device)
+            return torch.empty((0, 3, 0, 0), dtype=torch.uint8, device=self.storage_device)
         return self._storage[:self._size]
+
+    @property
+    def pinned(self) -> bool:
+        """Whether host batches are staged in pinned memory (a host pool feeding a CUDA device)."""
+        return self.on_host and self.device.type == "cuda"
+
+    def move_to_host(self, reserve: int = 0) -> None:
+        """Keep the storage in host memory from now on (§21.3), moving what is stored; ``reserve`` is the
+        capacity of the first allocation (the pool's projected final size), so that a large host pool
+        grows without the doubling copies. Changes no sample."""
+        self.on_host, self.storage_device = True, torch.device("cpu")
+        self._reserved = reserve if self.max_size is None else min(reserve, self.max_size)
+        if self._storage is not None:
+            self._storage = self._storage.to(self.storage_device)
+        if self._permutation is not None:
+            self._permutation = self._permutation.to(self.storage_device)
 
     # ------------------------------------------------------------------ adding
     def _ensure_capacity(self, needed: int, image_shape: tuple[int, ...]) -> None:
         """Make room for ``needed`` images, doubling the storage (capped at ``max_size``)."""
         if self._storage is None:
-            capacity = needed if self.max_size is None else min(needed, self.max_size)
-            self._storage = torch.empty((capacity, *image_shape), dtype=torch.uint8, device=self.device)
+            capacity = max(needed, self._reserved)
+            if self.max_size is not None:
+                capacity = min(capacity, self.max_size)
+            self._storage = torch.empty((capacity, *image_shape), dtype=torch.uint8, device=self.storage_device)
             return
         if self._storage.shape[1:] != image_shape:
             raise ValueError(f"pool holds images of shape {tuple(self._storage.shape[1:])}, got {image_shape}")
         capacity = self._storage.shape[0]
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity)
+        new_capacity = max(needed, 2 * capacity, self._reserved)   # a resumed host pool: straight to its final size
         if self.max_size is not None:
             new_capacity = min(new_capacity, self.max_size)
         if new_capacity == capacity:
             return
-        grown = torch.empty((new_capacity, *image_shape), dtype=torch.uint8, device=self.device)
+        grown = torch.empty((new_capacity, *image_shape), dtype=torch.uint8, device=self.storage_device)
         grown[:self._size] = self._storage[:self._size]
         self._storage = grown
 
@@ -116,7 +146,7 @@ class ImagePool:
         count = images.shape[0]
         if count == 0:
             return
-        quantized = quantize_images(images).to(self.device)
+        quantized = quantize_images(images).to(self.storage_device)
         if self.max_size is not None and count > self.max_size:
             quantized = quantized[-self.max_size:]   # only the newest max_size survive a ring
         limit = self.max_size
@@ -127,7 +157,7 @@ class ImagePool:
         self._size += appended
         overwriting = quantized[appended:]
         if overwriting.shape[0] > 0 and limit is not None:  # full ring: replace the oldest images
-            slots = (self._write_position + torch.arange(overwriting.shape[0], device=self.device)) % limit
+            slots = (self._write_position + torch.arange(overwriting.shape[0], device=self.storage_device)) % limit
             self._storage.index_copy_(0, slots, overwriting)
             self._write_position = (self._write_position + overwriting.shape[0]) % limit
         self._total_added += count
@@ -135,7 +165,8 @@ class ImagePool:
     # ------------------------------------------------------------------ sampling
     def _new_permutation(self, generator: torch.Generator | None) -> torch.Tensor:
         """Start a new pass: a fresh permutation of the current pool, cursor at its start."""
-        self._permutation = random_permutation(self._size, self.device, generator)
+        # Drawn where the device path draws it, then moved: the host path takes the same images.
+        self._permutation = random_permutation(self._size, self.device, generator).to(self.storage_device)
         self._permutation_version = self._total_added
         self._cursor = 0
         return self._permutation
@@ -147,8 +178,8 @@ class ImagePool:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if self._size < batch_size:
-            indices = random_integers(0, self._size, (batch_size,), self.device, generator)
-            return self._storage.index_select(0, indices)
+            indices = random_integers(0, self._size, (batch_size,), self.device, generator).to(self.storage_device)
+            return self._gather(indices)
         permutation = self._permutation
         if permutation is None or self._permutation_version != self._total_added or self._cursor >= self._size:
             permutation = self._new_permutation(generator)
@@ -159,7 +190,18 @@ class ImagePool:
             permutation = self._new_permutation(generator)
             taken = torch.cat([taken, permutation[:remainder]])
             self._cursor = remainder
-        return self._storage.index_select(0, taken)
+        return self._gather(taken)
+
+    def _gather(self, indices: torch.Tensor) -> torch.Tensor:
+        """The stored images at ``indices`` (on the storage device), as a batch on ``device``."""
+        assert self._storage is not None
+        if not self.on_host:
+            return self._storage.index_select(0, indices)
+        batch = torch.empty((indices.shape[0], *self._storage.shape[1:]), dtype=torch.uint8, pin_memory=self.pinned)
+        torch.index_select(self._storage, 0, indices, out=batch)
+        # From pinned memory the copy is asynchronous; the host allocator keeps the staging block
+        # alive until the copy has run.
+        return batch.to(self.device, non_blocking=self.pinned)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -175,15 +217,15 @@ class ImagePool:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`, onto this pool's device."""
-        images = state["images"].to(self.device)
+        """Restore a :meth:`state_dict`, onto this pool's storage device."""
+        images = state["images"].to(self.storage_device)
         self.max_size = state["max_size"]
         self._storage = images.clone() if images.shape[0] > 0 else None
         self._size = images.shape[0]
         self._write_position = int(state["write_position"])
         self._total_added = int(state["total_added"])
         permutation = state["permutation"]
-        self._permutation = None if permutation is None else permutation.to(self.device)
+        self._permutation = None if permutation is None else permutation.to(self.storage_device)
         self._permutation_version = int(state["permutation_version"])
         self._cursor = int(state["cursor"])
 

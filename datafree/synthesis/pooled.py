@@ -11,7 +11,9 @@ padding, horizontal flip, normalise).
 [CLEAN] (§3.5, §7 item 1): instead of the references' folder of 8-bit PNGs re-read by a new
 DataLoader after every synthesis, the pool is one uint8 tensor on the run's device
 (:class:`datafree.synthesis.pool.ImagePool`, same 8-bit quantisation as the PNG round trip), and the
-crop/flip/normalise runs batched on the device with the synthesizer's own RNG stream.
+crop/flip/normalise runs batched on the device with the synthesizer's own RNG stream. A pool whose
+final size would not fit the device budget lives in host memory instead, batches copied to the
+device one at a time (``--pool_device``, §21.3); the samples are the same.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from datafree.augment import to_unit_float
 from datafree.synthesis.criterions import adversarial_kl_masked
+from datafree.synthesis.budget import Store
 from datafree.synthesis.pool import ImagePool
 from datafree.synthesis.base import LoopOptions, SynthesisSetup, Synthesizer
 
@@ -123,6 +126,22 @@ class PooledSynthesizer(Synthesizer):
         return terms, teacher_logits
 
     # ------------------------------------------------------------------ pool
+    def synthesis_batches(self) -> int:
+        """Batches the run adds to the pool: one per round, ``epochs × (ep_steps // kd_steps)`` (warm-up
+        epochs synthesise too)."""
+        options = self.options
+        return options.epochs * (options.ep_steps // options.kd_steps)
+
+    def memory_stores(self) -> list[Store]:
+        """The pool at its final size: every synthetic batch of this rank, uint8 ``C × S × S`` (§21.3)."""
+        size = self.setup.image_size
+        return [Store("pool", self.synthesis_batches() * self.setup.synthesis_batch_size,
+                      (self.setup.channels, size, size), torch.uint8, unit="images", growing=True, spillable=True)]
+
+    def spill_to_host(self) -> None:
+        """The pool in host memory, its first allocation at the final size (§21.3)."""
+        self.pool.move_to_host(reserve=self.synthesis_batches() * self.setup.synthesis_batch_size)
+
     def store(self, images: torch.Tensor) -> None:
         """Append a batch of float images in [0, 1] to the pool (quantised to uint8, §3.5)."""
         self.pool.add(images.detach())
