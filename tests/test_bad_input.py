@@ -111,6 +111,8 @@ CASES = [
      "(it holds Python objects, not only tensors; read with weights_only=True"),
     ("nayer generator too large", KD, [*NAYER, "--le_hidden", "1000000000000"],
      "out of memory while building the student and the nayer synthesizer"),
+    ("mbdfkd bank too large", KD, ["--method", "mbdfkd", "--bank_size", "1000000000000"],
+     "memory: image bank 1,000,000,000,000 images x 3x32x32 float16 = 6144 TB cannot fit"),
     ("nayer batch not divisible", KD, [*NAYER, "--synthesis_batch_size", "15"],
      "--synthesis_batch_size (15) must be a multiple of the class count (10)"),
     ("adadfkd zero tau", KD, ["--method", "adadfkd", "--tau", "0"], "--tau must be positive, got 0.0"),

@@ -68,9 +68,9 @@ def test_distillation_never_reads_the_training_split(tmp_path, cifar10_root, tea
     splits = []
     original = data_module.load_split
 
-    def spy(root, dataset, split):
+    def spy(root, dataset, split, **keywords):
         splits.append(split)
-        return original(root, dataset, split)
+        return original(root, dataset, split, **keywords)
 
     monkeypatch.setattr(datafree_kd, "load_split", spy)
     datafree_kd.main(distill_args("dafl", test_only, teacher_checkpoint, tmp_path / "run"))

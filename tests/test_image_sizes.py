@@ -135,10 +135,11 @@ def test_budget_line_on_a_hand_computed_case() -> None:
     bank = Store("feature bank", 40_960, (1_024,), torch.float32)
     assert pool.nbytes == 140_000 * 150_528 == 21_073_920_000 and bank.nbytes == 167_772_160
     assert budget_line([pool], True, torch.device("cuda:0"), 12_000_000_000) == (
-        "memory: pool up to 140,000 images x 3x224x224 uint8 = 21.1 GB, on host (device budget 12.0 GB)")
+        "memory: pool up to 140,000 images x 3x224x224 uint8 = 21.1 GB, on host (in last.pth too, device budget "
+        "12.0 GB)")
     assert budget_line([pool, bank], False, torch.device("cpu"), None, per_rank=True) == (
         "memory: pool up to 140,000 images x 3x224x224 uint8 = 21.1 GB, on cpu; feature bank 40,960 rows x "
-        "1,024 float32 = 168 MB, on cpu (per rank)")
+        "1,024 float32 = 168 MB, on cpu (in last.pth too, per rank)")
     assert [format_bytes(count) for count in (999, 1_000, 2_457_600, 157_286_400)] == [
         "999 B", "1.00 kB", "2.46 MB", "157 MB"]
     # auto: the device while the stores fit the budget; device / host force it; no budget (CPU): device
@@ -158,7 +159,7 @@ def test_stores_are_sized_at_their_final_size_from_the_real_image_size() -> None
     assert (pool.rows, pool.row_shape, pool.nbytes) == (24, (3, 64, 64), 24 * 12_288)
     assert (bank.rows, bank.row_shape, bank.nbytes) == (10, (24,), 960)
     assert plan_memory(synthesizer, "auto") == ("memory: pool up to 24 images x 3x64x64 uint8 = 295 kB, on cpu; "
-                                                "feature bank 10 rows x 24 float32 = 960 B, on cpu")
+                                                "feature bank 10 rows x 24 float32 = 960 B, on cpu (in last.pth too)")
     assert not synthesizer.pool.on_host
     nayer_options = NAYERSynthesizer.Options.resolve({"synthesis_batch_size": 10, "epochs": 5, "warmup": 2,
                                                       "gwp_loops": 3, "g_loops": 2, "ep_steps": 40, "kd_steps": 40,
@@ -175,7 +176,7 @@ def test_auto_moves_the_pool_to_the_host_when_the_stores_exceed_the_device_budge
     monkeypatch.setattr(budget, "device_budget", lambda device: 100_000)
     line = plan_memory(synthesizer, "auto")
     assert line.startswith("memory: pool up to 24 images x 3x64x64 uint8 = 295 kB, on host; feature bank")
-    assert line.endswith("(device budget 100 kB)")
+    assert line.endswith("(in last.pth too, device budget 100 kB)")
     assert synthesizer.pool.on_host and synthesizer.pool.storage_device == torch.device("cpu")
 
 

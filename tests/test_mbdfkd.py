@@ -110,3 +110,15 @@ def test_bad_inputs_are_refused_in_one_line(flags, message):
     with pytest.raises(UsageError, match=message) as refused:
         datafree_kd.resolve_options(datafree_kd.build_parser().parse_args([*KD, *flags]))
     assert "\n" not in str(refused.value)
+
+
+def test_the_bank_is_reported_at_its_full_size_before_it_is_allocated():
+    from datafree.synthesis.budget import plan_memory
+
+    synthesizer = make_synthesizer()                      # 20 images of 3×32×32 float32 = 20 × 12,288 B
+    assert synthesizer._bank is None
+    assert plan_memory(synthesizer, "auto") == ("memory: image bank 20 images x 3x32x32 float32 = 246 kB, on cpu "
+                                                "(in last.pth too)")
+    assert synthesizer._bank is None                      # the budget is checked first (§15.4, §21.3)
+    kd_step(synthesizer, 0)
+    assert synthesizer.bank.features.shape == (20, 3072) and synthesizer.bank.features.dtype == torch.float32

@@ -225,7 +225,8 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
     def memory_stores(self) -> list[Store]:
         """The negative queue: ``queue_size`` unit keys of the teacher's feature width, float32, on the device
         (§21.3)."""
-        return [Store("negative queue", self.queue.capacity, (self.queue.dim,), self.queue.keys.dtype)]
+        return [Store("negative queue", self.queue.capacity, (self.queue.dim,), self.queue.keys.dtype,
+                      sized_by="--queue_size")]
 
     def student_extra_parameters(self) -> list[nn.Parameter]:
         """The persistent projection P, trained by the student's optimizer (§12.8 item 1)."""

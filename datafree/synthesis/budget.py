@@ -18,10 +18,13 @@ Placement never changes a result (both pool paths draw the same random numbers o
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from datafree.errors import UsageError
 
 if TYPE_CHECKING:
     from datafree.synthesis.base import Synthesizer
@@ -47,6 +50,7 @@ class Store:
     unit: str = "rows"
     growing: bool = False
     spillable: bool = False
+    sized_by: str = ""   # the flags that set its size, named when it cannot fit
 
     @property
     def nbytes(self) -> int:
@@ -94,22 +98,65 @@ def pool_on_host(mode: str, stores: list[Store], budget: int | None) -> bool:
 
 def budget_line(stores: list[Store], on_host: bool, device: torch.device, budget: int | None,
                 per_rank: bool = False) -> str:
-    """The start-up line: every store, where it lives, and the device budget (CUDA only)."""
+    """The start-up line: every store, where it lives, that ``last.pth`` holds it too (its filled
+    rows, up to the size shown), and the device budget (CUDA only)."""
     parts = [f"{store.describe()}, on {'host' if on_host and store.spillable else device}" for store in stores]
-    notes = (["per rank"] if per_rank else []) + ([f"device budget {format_bytes(budget)}"] if budget is not None
-                                                   else [])
-    return "memory: " + "; ".join(parts) + (f" ({', '.join(notes)})" if notes else "")
+    notes = ["in last.pth too"] + (["per rank"] if per_rank else []) + (
+        [f"device budget {format_bytes(budget)}"] if budget is not None else [])
+    return "memory: " + "; ".join(parts) + f" ({', '.join(notes)})"
+
+
+def host_free_memory() -> int | None:
+    """Memory the host can still give this process: ``MemAvailable`` of /proc/meminfo, else the free
+    pages; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` now: the CUDA device's, or the host's for a CPU run; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return host_free_memory()
+
+
+def check_fits(stores: list[Store], on_host: bool, device: torch.device) -> None:
+    """Refuse, in one line naming the flags that size them, stores that cannot fit where they will live
+    at their final size: on the device (its free memory now) or in host memory (§21.3). Called before
+    the stores are filled and before the run directory exists."""
+    places = {"host": [store for store in stores if on_host and store.spillable]}
+    places[str(device)] = [store for store in stores if store not in places["host"]]
+    if device.type == "cpu":   # one memory: everything lives on the host
+        places = {"host": stores}
+    for where, kept in places.items():
+        needed = sum(store.nbytes for store in kept)
+        available = host_free_memory() if where == "host" else free_memory(device)
+        if kept and available is not None and needed > available:
+            flags = sorted({flag for store in kept for flag in store.sized_by.split() if flag})
+            names = ", ".join(store.describe() for store in kept)
+            raise UsageError(f"memory: {names} cannot fit: {format_bytes(needed)} needed, {format_bytes(available)} "
+                             f"free on {where}; lower {' / '.join(flags) or 'the batch or epochs'}")
 
 
 def plan_memory(synthesizer: "Synthesizer", mode: str) -> str:
-    """Size the synthesizer's stores, move its pool to the host where ``mode`` says so, and return
-    the start-up line ("" for a method without stores)."""
+    """Size the synthesizer's stores, refuse them if they cannot fit (:func:`check_fits`), move its pool
+    to the host where ``mode`` says so, and return the start-up line ("" for a method without stores)."""
     stores = synthesizer.memory_stores()
     if not stores:
         return ""
     device = synthesizer.device
     budget = device_budget(device)
     on_host = pool_on_host(mode, stores, budget)
+    check_fits(stores, on_host, device)
     if on_host:
         synthesizer.spill_to_host()
     return budget_line(stores, on_host, device, budget, per_rank=synthesizer.setup.world_size > 1)

@@ -171,7 +171,7 @@ class CMISynthesizer(PooledSynthesizer):
     def memory_stores(self) -> list[Store]:
         """The pool, and the feature bank: ``bank_size`` rows of ``[hl ‖ hg]`` (2d float32), on the device (§21.3)."""
         return [*super().memory_stores(), Store("feature bank", self.bank.capacity, (self.bank.dim,),
-                                                self.bank.features.dtype)]
+                                                self.bank.features.dtype, sized_by="--bank_size")]
 
     # ------------------------------------------------------------------ synthesis
     def contrastive_term(self, local_features: torch.Tensor, global_features: torch.Tensor,

@@ -20,6 +20,7 @@ reproduction of the paper's numbers, and everything a user sees calls it a recon
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -29,6 +30,7 @@ from datafree.errors import UsageError
 from datafree.options import option
 from datafree.published import PAPER_CELLS, Published
 from datafree.synthesis.base import BankSizeOptions, TestPreset
+from datafree.synthesis.budget import Store
 from datafree.synthesis.pool import MemoryBank
 from datafree.synthesis.predfkd import CIFAR_SETTINGS as PREDFKD_SETTINGS
 from datafree.synthesis.predfkd import KULUHAN, PUBLISHED_PAIR
@@ -119,8 +121,22 @@ class MBDFKDSynthesizer(ReplaySynthesizer):
         self.bank_writes = options.bank_writes
         self.write_rows = max(1, round(setup.batch_size * options.bank_write_ratio))
         self.image_shape = (setup.channels, setup.image_size, setup.image_size)
-        self.bank = MemoryBank(options.bank_size, setup.channels * setup.image_size ** 2, device=setup.device,
-                               dtype=getattr(torch, options.bank_dtype))
+        self.bank_store = Store("image bank", options.bank_size, self.image_shape, getattr(torch, options.bank_dtype),
+                                unit="images", sized_by="--bank_size --bank_dtype")
+        self._bank: MemoryBank | None = None   # allocated at first use, once the budget has accepted it
+
+    @property
+    def bank(self) -> MemoryBank:
+        """The ring buffer of ``--bank_size`` flattened images (§15.4)."""
+        if self._bank is None:
+            self._bank = MemoryBank(self.bank_store.rows, math.prod(self.image_shape), device=self.device,
+                                    dtype=self.bank_store.dtype)
+        return self._bank
+
+    def memory_stores(self) -> list[Store]:
+        """The image bank at its full size, on the device (§15.4, §21.3): checked and reported at start,
+        before it is allocated."""
+        return [self.bank_store]
 
     def replay(self) -> torch.Tensor:
         """``--mem_ratio``·B distinct bank rows, uniformly at random, as float32 images (§15.4); fewer

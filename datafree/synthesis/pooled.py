@@ -136,7 +136,8 @@ class PooledSynthesizer(Synthesizer):
         """The pool at its final size: every synthetic batch of this rank, uint8 ``C × S × S`` (§21.3)."""
         size = self.setup.image_size
         return [Store("pool", self.synthesis_batches() * self.setup.synthesis_batch_size,
-                      (self.setup.channels, size, size), torch.uint8, unit="images", growing=True, spillable=True)]
+                      (self.setup.channels, size, size), torch.uint8, unit="images", growing=True, spillable=True,
+                      sized_by="--epochs --synthesis_batch_size")]
 
     def spill_to_host(self) -> None:
         """The pool in host memory, its first allocation at the final size (§21.3)."""
