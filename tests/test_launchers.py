@@ -41,7 +41,8 @@ EXPECTED = {
 }
 # DAFL's MNIST cells (§20.1); DFAD: the paper's grid and its own MNIST run (§14.6, §20.2).
 EXPECTED["dafl"] |= {("mnist", "lenet5", "lenet5_half", ""), ("mnist", "hintonnet", "hintonnet_half", "")}
-EXPECTED["dfad"] = {(*cell, "") for cell in CELLS} | {("mnist", "lenet5", "lenet5_half", "")}
+EXPECTED["dfad"] = ({(*cell, "") for cell in CELLS} | {("mnist", "lenet5", "lenet5_half", "")}
+                    | {("cifar10", "wrn40_2", "wrn16_1", "bench")})
 EXPECTED["predfkd"] = EXPECTED["mbdfkd"] = {(*cell, "") for cell in CELLS}
 SCRATCH_MODELS = ("resnet34", "vgg11", "wrn40_2", "resnet18", "wrn16_1", "wrn40_1", "wrn16_2")
 MNIST_SCRATCH_MODELS = ("lenet5", "lenet5_half", "hintonnet", "hintonnet_half")

@@ -68,6 +68,25 @@ MNIST_SETTINGS = settings(
     ("adv_student_mode", "train", "student in train() during the generator step (LeNet-5-Half has no BN)"),
     ("adv", "1", "L_G = -L1(s, t)"), ("bn", "0", "no prior (LeNet-5 has no BN layer)"), ("oh", "0", "no prior"),
     ("act", "0", "no prior"), ("balance", "0", "no prior"))
+#: Fast-Datafree's scripts/dfad_cifar.sh as a CMI-family re-run (§14.6 ``dfad_bench``), in launcher order.
+FAST_DATAFREE = "zju-vipa/Fast-Datafree @0dcecbc scripts/dfad_cifar.sh"
+BENCH_SETTINGS = settings(
+    ("batch_size", "256", f"{FAST_DATAFREE}"), ("synthesis_batch_size", "256", "one latent batch of B"),
+    ("epochs", "200", "the script's --epochs"), ("ep_steps", "400", "the script's --ep_steps (80 rounds)"),
+    ("kd_steps", "5", "the script's --kd_steps"), ("g_steps", "1", "the script's --g_steps"),
+    ("lr", "0.1", "the script's --lr"), ("momentum", "0.9", "student SGD"),
+    ("weight_decay", "1e-4", "the benchmark drivers' student weight decay"),
+    ("lr_schedule", "cosine", "cosine over the epochs (student only)"),
+    ("lr_g", "1e-3", "the script's --lr_g"), ("beta1", "0.5", "the drivers' generator Adam betas (0.5, 0.999)"),
+    ("beta2", "0.999", "the drivers' generator Adam betas"),
+    ("nz", "256", "the CMI-family generator's latent"), ("ngf", "64", "generator width"),
+    ("generator", "G-L", "the CMI / ljrprocc@81b96d4 generator (Fast-Datafree builds its G-S)"),
+    ("gen_output", "sigmoid", "G-L's [0, 1] pixels, through the dataset normaliser"),
+    ("gen_sample_mode", "eval", "the drivers sample KD batches with the generator in eval()"),
+    ("adv_student_mode", "eval", "the drivers query the student in eval() (§14.8 item 2)"),
+    ("adv", "1", "L_G = -L1(s, t); Fast-Datafree passed student=teacher, so its generator never moved (§14.8 "
+                 "item 5): here the student is passed"),
+    ("bn", "0", "no prior"), ("oh", "0", "no prior"), ("act", "0", "no prior"), ("balance", "0", "no prior"))
 #: The CuDFKD README's stability table (μ / σ² / best over epochs, §14.7), per dataset.
 SEED_ROW = {"cifar10": (86.1, 12.3, 93.3), "cifar100": (54.9, 12.9, 67.7)}
 SEED_SOURCE = "CuDFKD README @81b96d4 stability table; best = DFAD paper Table 2"
@@ -92,8 +111,17 @@ def cifar_launcher(dataset: str, teacher: str, student: str) -> Launcher:
 #: DFAD's recipe (datafree.synthesis.recipe): the reference protocol on the paper's grid and DFAD's own
 #: MNIST run, with the published numbers of §14.7 and §20.2.
 RECIPE = Recipe(
-    label="DFAD", name="Data-Free Adversarial Distillation", section="§14", table_row=9,
+    label="DFAD", name="Data-Free Adversarial Distillation", section="§14", table_row=9, variants=("bench",),
     launchers=(*(cifar_launcher(*cell) for cell in PAPER_CELLS),
+               Launcher("cifar10", "wrn40_2", "wrn16_1", variant="bench",
+                        what="the benchmark drivers' DFAD script (dfad_bench), a CMI-family re-run with G-L",
+                        source=f"{FAST_DATAFREE} (§14.6); no published number", settings=BENCH_SETTINGS,
+                        notes=("An alternative configuration of the cell: the default launcher runs the "
+                               "reference protocol copied from resnet34->resnet18 (§14.6).",
+                               "Student loss: L1 between student and teacher logits; generator loss: its negative "
+                               "(§14.4).",
+                               "No pool: every KD batch is generated afresh, with the generator in eval()."),
+                        shared_notes=False),
                Launcher("mnist", "lenet5", "lenet5_half", what="the reference's own MNIST run (DFAD_mnist.py)",
                         source=f"{VAINF} DFAD_mnist.py:20-49, 89-156 (§20.2)", settings=MNIST_SETTINGS,
                         sections="§14, §20.2",
