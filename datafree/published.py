@@ -34,6 +34,10 @@ MNIST (§20.1): DAFL's two cells, the teachers and students trained with data, a
 of DAFL's Table 1 (KD on data, noise, USPS, meta-data), which the report prints beside a measured
 MNIST cell.
 
+Tiny-ImageNet and ImageNet (§18.5, §19.4): the published cells of ljrprocc's 64-px scripts, Fast-50
+and DeepInversion (``LARGE_PAIRS``), and the top-1 of their models trained with data: ljrprocc's
+released teachers and torchvision's documented accuracies (``SCRATCH_LARGE``, with sources).
+
 A variant is the ``--log_tag`` a launcher passes (``late2022``, ``fast2``, ``nayer200``, ...);
 the default configuration of a method has the variant ``""``.
 """
@@ -61,6 +65,29 @@ SCRATCH: dict[str, tuple[str, float, float]] = {
     "resnet34": ("teacher", 95.70, 78.05), "vgg11": ("teacher", 92.25, 71.32), "wrn40_2": ("teacher", 94.87, 75.83),
     "resnet18": ("student", 95.20, 77.10), "wrn16_1": ("student", 91.12, 65.31),
     "wrn40_1": ("student", 93.94, 72.19), "wrn16_2": ("student", 93.95, 73.56),
+}
+
+# --------------------------------------------------------------------------- 64 px and 224 px (§18.5, §19.4)
+#: The published Tiny-ImageNet and ImageNet cells (dataset -> [(teacher, student)]): ljrprocc's scripts run
+#: its torchvision-layout ResNets on Tiny-ImageNet (the driver renames resnetNN to resnetNN_imagenet, §18.4);
+#: Fast-50 and DeepInversion run torchvision's models on ImageNet (§19.2).
+LARGE_PAIRS: dict[str, list[tuple[str, str]]] = {
+    "tiny_imagenet": [("resnet50_imagenet", "resnet18_imagenet"), ("resnet34_imagenet", "resnet18_imagenet")],
+    "imagenet": [("tv_resnet50", "tv_resnet50"), ("tv_resnet50", "tv_resnet18"), ("tv_resnet50", "tv_mobilenet_v2")],
+}
+#: Where the 64-px models' top-1 comes from: ljrprocc's released Tiny-ImageNet teachers (§18.4).
+LJRPROCC_TEACHERS = "ljrprocc/DFKD README @cd281c4, its released Tiny-ImageNet teachers, §18.4"
+#: Where the 224-px models' top-1 comes from (§19.2).
+TORCHVISION_ACCURACY = "documented by torchvision for its first weight files, not checked here, §19.2"
+#: Models trained with data on the 64-px and 224-px datasets: dataset -> model -> (role, top-1, source).
+#: ResNet-18 is a student of the published cells; its released Tiny-ImageNet file is its with-data top-1.
+SCRATCH_LARGE: dict[str, dict[str, tuple[str, float, str]]] = {
+    "tiny_imagenet": {"resnet50_imagenet": ("teacher", 67.18, LJRPROCC_TEACHERS),
+                      "resnet34_imagenet": ("teacher", 62.43, LJRPROCC_TEACHERS),
+                      "resnet18_imagenet": ("student", 61.48, LJRPROCC_TEACHERS)},
+    "imagenet": {"tv_resnet50": ("teacher", 76.13, TORCHVISION_ACCURACY),
+                 "tv_resnet18": ("student", 69.76, TORCHVISION_ACCURACY),
+                 "tv_mobilenet_v2": ("student", 71.88, TORCHVISION_ACCURACY)},
 }
 
 
@@ -147,7 +174,11 @@ def other_rows(dataset: str, teacher: str, student: str) -> list[tuple[str, floa
 
 
 def scratch_accuracy(model: str, dataset: str) -> float | None:
-    """Reported top-1 of ``model`` trained with data on ``dataset`` (§2.2; MNIST §20.1), or None."""
+    """Reported top-1 of ``model`` trained with data on ``dataset`` (§2.2; MNIST §20.1; Tiny-ImageNet and
+    ImageNet §18.4, §19.2), or None."""
+    if dataset in SCRATCH_LARGE:
+        entry = SCRATCH_LARGE[dataset].get(model)
+        return None if entry is None else entry[1]
     if dataset == "mnist":
         return SCRATCH_MNIST[model][1] if model in SCRATCH_MNIST else None
     if model not in SCRATCH:

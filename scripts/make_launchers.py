@@ -2,7 +2,7 @@
 """Render every launcher under scripts/ from the recipes (datafree/synthesis/recipe.py).
 
 The recipes are each registered method's ``recipe`` and the with-data recipes of train_scratch.py
-(docs/METHODS.md §2.2, §4.7, §5.8, §10.8, §11.8, §12.6, §20.1).
+(docs/METHODS.md §2.2, §4.7, §5.8, §10.8, §11.8, §12.6, §18.5, §19.4, §20.1).
 
     python scripts/make_launchers.py           # (re)write the launchers, remove stale ones
     python scripts/make_launchers.py --check   # exit 1 unless the committed launchers are up to date
@@ -132,10 +132,12 @@ def _distill_header(recipe: Recipe, launcher: Launcher, path: str) -> list[str]:
                     *([number.note] if number.note else [])]
     with_data = []
     if launcher.scratch_line:
-        with_data = [f"Teacher {teacher}: {scratch_accuracy(teacher, dataset):.2f} ({data.section}); {student} "
-                     f"trained from scratch with data: {scratch_accuracy(student, dataset):.2f}."]
+        with_data = [f"Teacher {teacher}: {scratch_accuracy(teacher, dataset):.2f} "
+                     f"({data.with_data_source or data.section}); {student} trained from scratch with data: "
+                     f"{scratch_accuracy(student, dataset):.2f}."]
     notes = [*launcher.notes, *(recipe.notes if launcher.shared_notes else ())]
     released = ", or put a released teacher there" if data.released_teachers else ""
+    advice = data.teacher_file or f"train it with scripts/{SCRATCH_DIR}/scratch_{dataset}_{teacher}.sh{released}"
     return [
         f"{recipe.label} ({recipe.name}, docs/METHODS.md {launcher.sections or recipe.section}): data-free "
         f"distillation of a {student} student from a {teacher} teacher on {data.distill_label}; {launcher.what}.",
@@ -144,8 +146,8 @@ def _distill_header(recipe: Recipe, launcher: Launcher, path: str) -> list[str]:
         f"Source: {launcher.source}.",
         *launcher.remarks,
         *(["Notes:", *[f"  - {note}" for note in notes]] if notes else []),
-        f"The teacher is read from checkpoints/pretrained/{dataset}_{teacher}.pth (train it with "
-        f"scripts/{SCRATCH_DIR}/scratch_{dataset}_{teacher}.sh{released}) unless --teacher_ckpt is given.",
+        f"The teacher is read from checkpoints/pretrained/{dataset}_{teacher}.pth ({advice}) unless "
+        "--teacher_ckpt is given.",
         GENERATED_BY,
         *_usage(path, "[--data_root DIR] [--max_minutes M] [--seed N] ..."),
     ]

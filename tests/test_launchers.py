@@ -44,8 +44,20 @@ EXPECTED["dafl"] |= {("mnist", "lenet5", "lenet5_half", ""), ("mnist", "hintonne
 EXPECTED["dfad"] = ({(*cell, "") for cell in CELLS} | {("mnist", "lenet5", "lenet5_half", "")}
                     | {("cifar10", "wrn40_2", "wrn16_1", "bench")})
 EXPECTED["predfkd"] = EXPECTED["mbdfkd"] = {(*cell, "") for cell in CELLS}
+# ljrprocc's Tiny-ImageNet scripts (§18.5) on its torchvision-layout ResNets; Fast-50 and DeepInversion on ImageNet
+# (§19.4).
+TINY_R50, TINY_R34 = ("tiny_imagenet", "resnet50_imagenet", "resnet18_imagenet"), \
+    ("tiny_imagenet", "resnet34_imagenet", "resnet18_imagenet")
+EXPECTED["cudfkd"] |= {(*TINY_R50, ""), (*TINY_R34, "late2022")}
+EXPECTED["adadfkd"] |= {(*TINY_R50, "")}
+EXPECTED["dfq"] |= {(*TINY_R50, "")}
+EXPECTED["cmi"] |= {(*TINY_R34, "")}
+EXPECTED["fast"] |= {("imagenet", "tv_resnet50", student, "fast50")
+                     for student in ("tv_resnet50", "tv_resnet18", "tv_mobilenet_v2")}
+EXPECTED["adi"] |= {("imagenet", "tv_resnet50", "tv_resnet50", "deepinv2k")}
 SCRATCH_MODELS = ("resnet34", "vgg11", "wrn40_2", "resnet18", "wrn16_1", "wrn40_1", "wrn16_2")
 MNIST_SCRATCH_MODELS = ("lenet5", "lenet5_half", "hintonnet", "hintonnet_half")
+TINY_SCRATCH_MODELS = ("resnet50_imagenet", "resnet34_imagenet", "resnet18_imagenet")   # §18.3; none for ImageNet
 PROGRAM = {"scratch": "train_scratch.py", **{method: "datafree_kd.py" for method in DATA_FREE}}
 PASSTHROUGH = ["--max_minutes", "0.5"]  # stands for the user's "$@"
 
@@ -139,7 +151,8 @@ def test_exact_set_of_launchers(launched):
     for method in DATA_FREE:
         assert cells[method] == EXPECTED[method], method
     assert cells["scratch"] == ({(d, m) for d in ("cifar10", "cifar100") for m in SCRATCH_MODELS}
-                                | {("mnist", m) for m in MNIST_SCRATCH_MODELS})
+                                | {("mnist", m) for m in MNIST_SCRATCH_MODELS}
+                                | {("tiny_imagenet", m) for m in TINY_SCRATCH_MODELS})
 
 
 def _import_or_skip(name: str):

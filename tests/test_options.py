@@ -94,9 +94,10 @@ def test_every_flag_is_declared_by_one_options_class():
 
 def test_the_driver_help_states_per_method_defaults():
     text = " ".join(datafree_kd.build_parser().format_help().split())
-    assert "--T T KD temperature [default: cudfkd 20 (cifar100: 5); cmi, adi, fast, nayer 20; dafl, zskt, dfq, dfad, " \
-           "mbdfkd, predfkd 1; adadfkd 20 (cifar100: 2)]" in text
-    assert "--fast_variant {fast10,fast2,fast5}" in text
+    assert "--T T KD temperature [default: cudfkd 20 (cifar100: 5, tiny_imagenet: 5); cmi, adi, nayer 20; dafl, " \
+           "zskt, dfad, mbdfkd, predfkd 1; dfq 1 (tiny_imagenet: 5); fast 20 (imagenet: 5); adadfkd 20 (cifar100: 2, " \
+           "tiny_imagenet: 5)]" in text
+    assert "--fast_variant {fast10,fast2,fast5,fast50}" in text
 
 
 def test_every_flag_is_read_by_some_method_and_only_its_readers_accept_it():

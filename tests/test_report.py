@@ -515,3 +515,28 @@ def test_the_seed_stability_rows_are_printed_beside_measured_mu_and_variance(tmp
     assert stability["mbdfkd (reconstruction)"].endswith("| 83.3 / 16.4 / 92.4 | 84/84 |")
     assert stability["predfkd"].endswith("| 87.4 / 10.3 / 94.1 | 84/84 |")
     assert any("92.40 (reconstruction)" in line for line in lines)
+
+
+def test_the_64_and_224_px_cells_are_labelled_and_compared_with_their_published_numbers(tmp_path):
+    """Tiny-ImageNet and ImageNet cells (§18.5, §19.4): the variant labels the row, the published number and its
+    kind follow the measured one, the datasets follow CIFAR and the pairs the papers' order."""
+    cells = {"ada": ("adadfkd", "tiny_imagenet", "resnet50_imagenet", "resnet18_imagenet", ""),
+             "cu": ("cudfkd", "tiny_imagenet", "resnet50_imagenet", "resnet18_imagenet", ""),
+             "r50": ("fast", "imagenet", "tv_resnet50", "tv_resnet50", "fast50"),
+             "r18": ("fast", "imagenet", "tv_resnet50", "tv_resnet18", "fast50"),
+             "deepinv": ("adi", "imagenet", "tv_resnet50", "tv_resnet50", "deepinv2k")}
+    runs = []
+    for name, (method, dataset, teacher, student, tag) in cells.items():
+        config = {**distillation_config(method, dataset, teacher, student), "epochs": 3,
+                  **({"log_tag": tag} if tag else {})}
+        runs.append(load_run(write_run(tmp_path / name, config, [50.0, 55.0, 54.0])))
+    lines = render_results_markdown(runs, burn_in=0, tail_drop=0).splitlines()
+    assert lines.index("### tiny_imagenet") < lines.index("### imagenet")
+    assert "| adadfkd | 55.00 (54.00 / 53.00) · published 58.18 (reproduction) |" in lines
+    assert "| cudfkd | 55.00 (54.00 / 53.00) |" in lines
+    assert "| imagenet | tv_resnet50→tv_resnet50 | tv_resnet50→tv_resnet18 |" in lines
+    assert "| fast (fast50) | 55.00 (54.00 / 53.00) · published 68.61 (re-run) | 55.00 (54.00 / 53.00) · published " \
+           "53.45 (re-run) |" in lines
+    assert "| adi (deepinv2k) | 55.00 (54.00 / 53.00) · published 68.00 (re-run) |  |" in lines
+    assert any(line.startswith("| fast (fast50) | imagenet | tv_resnet50→tv_resnet18 | - | 55.00 | 53.45 (re-run) | "
+                               "+1.55 |") for line in lines)

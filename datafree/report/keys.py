@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from datafree.published import recipes
+from datafree.published import LARGE_PAIRS, recipes
 
 
 def paper_method_order() -> tuple[str, ...]:
@@ -27,17 +27,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: Teacher→student columns in the order of the paper's tables (§5.9); others follow alphabetically.
+#: Teacher→student columns in the order of the paper's tables (§5.9), then the published Tiny-ImageNet and
+#: ImageNet cells in the order of theirs (§18.5, §19.4); others follow alphabetically.
 PAPER_PAIR_ORDER: tuple[tuple[str, str], ...] = (
     ("resnet34", "resnet18"),
     ("vgg11", "resnet18"),
     ("wrn40_2", "wrn40_1"),
     ("wrn40_2", "wrn16_2"),
     ("wrn40_2", "wrn16_1"),
+    *(pair for pairs in LARGE_PAIRS.values() for pair in pairs),
 )
 
-#: Datasets in the order of the paper's tables (§5.9); others follow alphabetically.
-PAPER_DATASET_ORDER: tuple[str, ...] = ("cifar10", "cifar100")
+#: Datasets in the order of the paper's tables (§5.9), then Tiny-ImageNet and ImageNet (§18.5, §19.4); others
+#: follow alphabetically.
+PAPER_DATASET_ORDER: tuple[str, ...] = ("cifar10", "cifar100", "tiny_imagenet", "imagenet")
 
 #: Label used as teacher for supervised-from-scratch runs (train_scratch.py has no teacher).
 NO_TEACHER: str = "-"
@@ -61,14 +64,15 @@ def method_sort_key(method: str) -> tuple[int, str]:
 
 
 def pair_sort_key(teacher: str, student: str) -> tuple[int, str, str]:
-    """Paper order for the five teacher→student pairs (§5.9), then the others alphabetically."""
+    """Paper order for the five teacher→student pairs (§5.9) and the 64/224-px cells, then the others
+    alphabetically."""
     if (teacher, student) in PAPER_PAIR_ORDER:
         return (PAPER_PAIR_ORDER.index((teacher, student)), "", "")
     return (len(PAPER_PAIR_ORDER), teacher, student)
 
 
 def dataset_sort_key(dataset: str) -> tuple[int, str]:
-    """CIFAR-10 then CIFAR-100 (§5.9), then other datasets alphabetically."""
+    """CIFAR-10, CIFAR-100 (§5.9), Tiny-ImageNet, ImageNet, then other datasets alphabetically."""
     if dataset in PAPER_DATASET_ORDER:
         return (PAPER_DATASET_ORDER.index(dataset), "")
     return (len(PAPER_DATASET_ORDER), dataset)

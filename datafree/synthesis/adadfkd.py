@@ -26,7 +26,7 @@ all ranks, so all ranks hold the same queue (§12.9).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -42,7 +42,7 @@ from datafree.synthesis.pool import NegativeQueue
 from datafree.published import Published
 from datafree.synthesis.base import SynthesisSetup, TestPreset
 from datafree.synthesis.cudfkd import CuDFKDSynthesizer
-from datafree.synthesis.recipe import CurriculumRow, Recipe, curriculum_launcher, pair_values, settings
+from datafree.synthesis.recipe import CurriculumRow, Recipe, curriculum_launcher, pair_values, replace_settings, settings
 
 
 def feature_width(model: nn.Module, image_size: int, device: torch.device, channels: int = 3) -> int:
@@ -135,20 +135,48 @@ CELL_ROWS: dict[tuple[str, str, str], tuple[str, str]] = {
     ("cifar100", "wrn40_2", "wrn40_1"): ("a100_wrn401", "script state 93c00de of cifar100_wrn402_wrn401_copy1"),
     ("cifar100", "wrn40_2", "wrn16_2"): ("a100_wrn162", "HEAD script cifar100_wrn402_wrn162"),
 }
+#: §18.5: ljrprocc's Tiny-ImageNet AdaDFKD script; its cell is ljrprocc's torchvision-layout ResNets, which its
+#: driver builds from the names resnet50 / resnet18 on tiny_imagenet (§18.4).
+TINY_CELL = ("tiny_imagenet", "resnet50_imagenet", "resnet18_imagenet")
+TINY_ROW = CurriculumRow(
+    "Tiny-ImageNet resnet50->resnet18 row",
+    "ljrprocc/DFKD scripts/adadfkd/adadfkd_timagenet.sh at HEAD (last changed 8c4410a, 2023-11-06)",
+    {"batch_size": "256", "epochs": "500", "loss": "l1", "T": "5", "lambda_0": "1.3", "adv": "1", "grad_adv": "0",
+     "begin_fraction": "0.2", "end_fraction": "0.75", "length": "0.81", "s_nce": "0.02", "queue_size": "16384",
+     "seed": "0"},
+    ("The reference ran 2 GPUs (--world_size 2, each rank a batch of B/2); this launcher passes the total batch B "
+     "on one device (§18.5).",
+     "The published run is tagged adadfkd_new2; the script's committed states are tagged new3 (93c00de, grad_adv "
+     "0.1) and new4 (HEAD, grad_adv 0), so which values produced 58.18 is not known: add --grad_adv 0.1 for the "
+     "93c00de state (§18.5).",
+     "The script passes --log_fidelity (Agreement@1, probability loyalty, §6.3): add it to compare with the note.",
+     "With --loss l1, T only softens the generator's entropy term, not the student loss (§5.8)."))
+#: The 64-px common values of the script: G-Cu depth 3 with nz 1024, R2M weight 0.05.
+TINY_COMMON = replace_settings(
+    COMMON_SETTINGS, ("kd_steps", "10", "§18.5: --kd_steps 10 (read by the HEAD driver)"),
+    ("nz", "1024", "§18.5: G-Cu nz 1024, hard-wired by the reference for non-CIFAR data"),
+    ("depth", "3", "§18.5: --depth 3 at 64 px (start map 8x8, §18.6)"), ("hard", "0.05", "§18.5 script value"))
+#: The AdaDFKD student evaluated in ljrprocc's Tiny-ImageNet notebook (§18.5).
+TINY_NUMBER = Published(58.18, "reproduction", "ljrprocc/DFKD notebooks/Eval_Tiny_imagenet.ipynb @8376454 (§18.5)",
+                        "teacher 67.18; Agree@1 0.6883, probability loyalty 0.4753; the evaluated run (adadfkd_new2) "
+                        "predates the committed script states (§18.5)")
 #: AdaDFKD's recipe (datafree.synthesis.recipe): the §12.6 rows per cell and the README's numbers (§12.7).
 RECIPE = Recipe(
     label="AdaDFKD", name="adaptive inter-sample relationships", section="§12", table_row=8,
-    launchers=tuple(curriculum_launcher(cell, SCRIPT_ROWS[row], bool(script), "§12.6", ROW_ORDER, COMMON_SETTINGS)
-                    for cell, (row, script) in CELL_ROWS.items()),
+    launchers=(*(curriculum_launcher(cell, SCRIPT_ROWS[row], bool(script), "§12.6", ROW_ORDER, COMMON_SETTINGS)
+                 for cell, (row, script) in CELL_ROWS.items()),
+               replace(curriculum_launcher(TINY_CELL, TINY_ROW, True, "§18.5", ROW_ORDER, TINY_COMMON),
+                       sections="§12, §18.5")),
     notes=("One persistent projection Linear(d_S, d_T) trained with the student, when the feature widths differ; "
            "--ada_ref_random_projection reproduces the reference's fresh random projection (§12.8 item 1).",
            "The README's numbers are best runs of hyperparameter sweeps; which script state produced them is unknown "
            "(§13 item 5)."),
     # reproduction where the launcher runs the script state of exactly that cell (§12.6, §12.7)
-    published={("", *cell): Published(value, "reproduction" if CELL_ROWS[cell][1] else "config not published",
-                                      "ljrprocc/DFKD README @cd281c4 (§12.7)", CELL_ROWS[cell][1])
-               for cell, value in pair_values([95.32, 92.19, 93.38, 93.15, 90.05],
-                                              [77.13, 71.52, 68.19, 67.54]).items()})
+    published={**{("", *cell): Published(value, "reproduction" if CELL_ROWS[cell][1] else "config not published",
+                                         "ljrprocc/DFKD README @cd281c4 (§12.7)", CELL_ROWS[cell][1])
+                  for cell, value in pair_values([95.32, 92.19, 93.38, 93.15, 90.05],
+                                                 [77.13, 71.52, 68.19, 67.54]).items()},
+               ("", *TINY_CELL): TINY_NUMBER})
 
 
 class AdaDFKDSynthesizer(CuDFKDSynthesizer):
@@ -174,9 +202,15 @@ class AdaDFKDSynthesizer(CuDFKDSynthesizer):
                     "grad_adv": 0.0, "begin_fraction": 0.25, "end_fraction": 0.75, "adv_mask": "off",
                     "spl_granularity": "batch"}
         #: §12.6 ``cifar100_wrn402_wrn162`` row (the HEAD file whose name matches its content).
+        #: §18.5 Tiny-ImageNet HEAD row (ljrprocc 8c4410a, resnet50->resnet18): G-Cu depth 3 with nz 1024; B is the
+        #: total of its 2 GPUs.
         ROWS = {"cifar100": {"batch_size": 1024, "epochs": 500, "loss": "kl", "T": 2.0, "lambda_0": 1.2,
                              "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.2, "end_fraction": 0.79,
-                             "length": 0.8, "s_nce": 0.15, "queue_size": 16384}}
+                             "length": 0.8, "s_nce": 0.15, "queue_size": 16384},
+                "tiny_imagenet": {"batch_size": 256, "epochs": 500, "kd_steps": 10, "loss": "l1", "T": 5.0,
+                                  "lambda_0": 1.3, "adv": 1.0, "grad_adv": 0.0, "begin_fraction": 0.2,
+                                  "end_fraction": 0.75, "length": 0.81, "s_nce": 0.02, "queue_size": 16384,
+                                  "hard": 0.05, "tau": 0.07, "nz": 1024, "depth": 3}}
 
         hard: float = option(0.1, "AdaDFKD weight of the R2M contrastive generator term (§12.4)", "non_negative")
         tau: float = option(0.07, "AdaDFKD temperature of the R2M and InfoNCE terms", "positive")

@@ -49,7 +49,7 @@ from datafree.synthesis.pool import MemoryBank
 from datafree.published import CUDFKD_SOURCE, Published
 from datafree.synthesis.base import BankSizeOptions, LatentOptions, SynthesisSetup, TestPreset, WidthOptions
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
-from datafree.synthesis.recipe import DFKD_SCRIPT, BaselineRow, baseline_recipe, paper_numbers
+from datafree.synthesis.recipe import DFKD_SCRIPT, BaselineRow, Launcher, baseline_recipe, paper_numbers, settings
 
 #: Area range of the local view's random resized crop (§4.5).
 LOCAL_VIEW_SCALE = (0.25, 1.0)
@@ -70,6 +70,35 @@ class ProjectionHead(nn.Module):
 #: The later (AdaDFKD-era) README versions re-ran the CIFAR-100 WRN cells (§4.7).
 RERUN_NOTE = ("Later (AdaDFKD-era) README versions replace the CMI CIFAR-100 WRN numbers by re-runs "
               "(66.89 / 65.11).")
+#: §18.5: ljrprocc's Tiny-ImageNet CMI script (HEAD, last changed 30ff54e). Its driver builds ljrprocc's
+#: torchvision-layout ResNets from the names resnet34 / resnet18 (§18.4).
+TINY_SCRIPT = "ljrprocc/DFKD scripts/cmi/cmi_tmagenet.sh at HEAD (last changed 30ff54e, 2023-11-02)"
+TINY_LAUNCHER = Launcher(
+    "tiny_imagenet", "resnet34_imagenet", "resnet18_imagenet", what="published script (scratch CMI; see the notes)",
+    source=f"{TINY_SCRIPT} (docs/METHODS.md §18.5)", sections="§4.5, §18.5",
+    settings=settings(
+        ("batch_size", "32", "§18.5 script value"), ("synthesis_batch_size", "64", "§18.5 script value"),
+        ("epochs", "50", "§18.5 script value"),
+        ("ep_steps", "2000", "§18.5 script value: one synthesis per epoch (kd_steps = ep_steps)"),
+        ("kd_steps", "2000", "§18.5 script value"), ("g_steps", "200", "§18.5 script value"),
+        ("lr", "0.1", "§18.5 script value"),
+        ("lr_schedule", "cosine", "the script's --lr_decay_milestones 25,30,35 is unused by its driver, which "
+                                  "anneals with cosine (§7 item 9)"),
+        ("lr_g", "1e-3", "§18.5 script value"), ("beta1", "0.5", "CMI's generator Adam betas (0.5, 0.999)"),
+        ("beta2", "0.999", "§4.5"), ("T", "20", "§18.5 script value (see the notes)"),
+        ("nz", "256", "the reference's CMI latent size (G-S at 64 px, §18.6)"), ("adv", "0.5", "§18.5 script value"),
+        ("bn", "1", "§18.5 script value"), ("oh", "0.5", "§18.5 script value"), ("cr", "0.8", "§18.5 script value"),
+        ("cr_T", "0.1", "§18.5 script value"), ("bank_size", "40960", "the reference's bank size"),
+        ("n_neg", "4096", "the reference's negatives"), ("head_dim", "256", "the reference's driver value"),
+        ("seed", "0", "the script sets no seed (its runs are unseeded)")),
+    notes=("The script is a loop of 10 identical runs (its loop variable is unused): run this launcher with "
+           "--seed 0..9 to repeat it (§18.5).",
+           "The script passes --cmi_init run/cmi-preinverted-wrn402, a pre-inverted set of the CIFAR-10 wrn40_2 "
+           "teacher (32 px), which cannot serve this 64-px teacher; this launcher runs scratch CMI (§4.5).",
+           "ljrprocc's HEAD driver distils CMI with its default KL at T 1 whatever --T says; the script's T 20 is "
+           "CMI's own value (§4.5).",
+           "The script runs on one GPU (--gpu 4); no batch is split."),
+    shared_notes=False)
 #: CMI's recipe (datafree.synthesis.recipe): the §4.7 baseline launchers of the paper's grid (§5.9).
 RECIPE = baseline_recipe(
     label="CMI", name="Contrastive Model Inversion", section="§4.5", table_row=4,
@@ -104,7 +133,8 @@ RECIPE = baseline_recipe(
                # the launcher runs the scratch script, whose own expectation differs (§4.7, §5.10)
                ("", "cifar10", "wrn40_2", "wrn16_1"): Published(
                    90.01, "different expectation", CUDFKD_SOURCE,
-                   "90.01 is adversarial CMI; the CMI README expects ~88.82 for the scratch script", 88.82)})
+                   "90.01 is adversarial CMI; the CMI README expects ~88.82 for the scratch script", 88.82)},
+    more_launchers=[TINY_LAUNCHER])
 
 
 class CMISynthesizer(PooledSynthesizer):
@@ -126,6 +156,10 @@ class CMISynthesizer(PooledSynthesizer):
         DEFAULTS = {"batch_size": 256, "epochs": 200, "ep_steps": 400, "kd_steps": 400, "g_steps": 200,
                     "lr": 0.1, "lr_g": 1e-3, "beta1": 0.5, "beta2": 0.999, "T": 20.0,
                     "adv": 0.5, "bn": 1.0, "oh": 1.0, "nz": 256, "ngf": 64}
+        #: §18.5 ljrprocc Tiny-ImageNet script: one synthesis of 200 iterations per epoch of 2000 KD steps; its
+        #: MultiStep milestones are unused by its driver (cosine, §7 item 9).
+        ROWS = {"tiny_imagenet": {"batch_size": 32, "synthesis_batch_size": 64, "epochs": 50, "ep_steps": 2000,
+                                  "kd_steps": 2000, "g_steps": 200, "adv": 0.5, "oh": 0.5, "cr_T": 0.1}}
 
         cr: float = option(0.8, "CMI contrastive loss weight")
         cr_T: float = option(0.2, "CMI contrastive temperature", "positive")

@@ -33,7 +33,8 @@ from datafree.options import option
 from datafree.published import CUDFKD_SOURCE, Published
 from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.generative import GenerativeSynthesizer
-from datafree.synthesis.recipe import CurriculumRow, Launcher, Recipe, curriculum_launcher, pair_values, settings
+from datafree.synthesis.recipe import (CurriculumRow, Launcher, Recipe, curriculum_launcher, pair_values, replace_settings,
+                                       settings)
 
 #: Temperature of the adversarial KL / JS in the generator loss (§5.2: τ = 3, ×τ²).
 ADVERSARIAL_TEMPERATURE = 3.0
@@ -107,6 +108,42 @@ SCRIPT_ROWS: dict[str, CurriculumRow] = {
          "grad_adv": "0.15", "begin_fraction": "0.2", "end_fraction": "0.75", "seed": "0"},
         ("[REF] file name disagrees: the script is named wrn402_wrn161 but runs wrn40_2->wrn16_2 (§7 item 25).",)),
 }
+#: §18.5: ljrprocc's Tiny-ImageNet scripts; their cells are ljrprocc's torchvision-layout ResNets, which its
+#: driver builds from the names resnet50 / resnet34 / resnet18 on tiny_imagenet (§18.4).
+TINY_SCRIPT = "ljrprocc/DFKD scripts/cudfkd/cudfkd_timagenet.sh"
+TWO_GPU_NOTE = ("The reference ran 2 GPUs (--world_size 2, each rank a batch of B/2); this launcher passes the total "
+                "batch B on one device (§18.5).")
+SCRIPT_ROWS.update({
+    "ti_resnet50": CurriculumRow(
+        "Tiny-ImageNet resnet50->resnet18 row", f"{TINY_SCRIPT} at HEAD (last changed 93c00de, 2023-10-19)",
+        {"batch_size": "128", "epochs": "400", "loss": "l1", "T": "5", "lambda_0": "1.5", "adv": "1",
+         "grad_adv": "0.1", "begin_fraction": "0.2", "end_fraction": "0.75", "seed": "0"},
+        (TWO_GPU_NOTE,
+         "The script passes --log_fidelity (Agreement@1, probability loyalty, §6.3): add it to log them too.",
+         "No CuDFKD Tiny-ImageNet number is in the repository; the CuDFKD paper's table was not readable (§18.5).")),
+    "ti_resnet34": CurriculumRow(
+        "Tiny-ImageNet resnet34->resnet18 row (19c6000)", f"{TINY_SCRIPT} at 19c6000 (2022-11-08)",
+        {"batch_size": "512", "epochs": "400", "loss": "l1", "T": "5", "lambda_0": "1.0", "adv": "1",
+         "grad_adv": "0.15", "begin_fraction": "0.2", "end_fraction": "0.75", "seed": "0"},
+        (TWO_GPU_NOTE,
+         "The later state of the same script (93c00de) runs the resnet50 teacher: "
+         "cudfkd_tiny_imagenet_resnet50_imagenet_resnet18_imagenet.sh.")),
+})
+#: §18.5: the 64-px common values of the scripts (G-Cu depth 3, nz 1024) in place of the 32-px ones.
+TINY_COMMON = replace_settings(
+    COMMON_SETTINGS, ("nz", "1024", "§18.5: G-Cu nz 1024, hard-wired by the reference for non-CIFAR data"),
+    ("depth", "3", "§18.5: --depth 3 at 64 px (start map 8x8, §18.6)"))
+#: The HEAD (93c00de) state: --kd_steps is read, the adversarial KL is not masked and the self-paced weight acts on
+#: the batch-mean loss (its criterion reduces to the mean, §5.3).
+TINY_HEAD_COMMON = replace_settings(
+    TINY_COMMON, ("kd_steps", "10", "§18.5: --kd_steps 10 (read by the HEAD driver)"),
+    ("adv_mask", "off", "§18.5: 93c00de comments the agreement mask out"),
+    ("spl_granularity", "batch", "§18.5: 93c00de's L1Loss returns the batch mean, so one self-paced weight (§5.3)"))
+#: The 64-px cells: [(row, published for this exact cell?, variant, common values)].
+TINY_CELL_ROWS: dict[tuple[str, str, str], list[tuple[str, bool, str, tuple]]] = {
+    ("tiny_imagenet", "resnet50_imagenet", "resnet18_imagenet"): [("ti_resnet50", True, "", TINY_HEAD_COMMON)],
+    ("tiny_imagenet", "resnet34_imagenet", "resnet18_imagenet"): [("ti_resnet34", True, "late2022", TINY_COMMON)],
+}
 #: cell -> [(row, published for this exact cell?, variant)]: the main launcher runs the paper-era (2022-09-04)
 #: values where a script for that exact cell exists, and the cells that copy those rows follow them; the
 #: late-2022 state of those rows is a second launcher, variant "late2022" (§5.8). Unpublished cells copy the
@@ -146,12 +183,23 @@ def recipe_launcher(cell: tuple[str, str, str], row_name: str, exact: bool, vari
                                   "the main launcher of this cell runs the paper-era values (§5.8, §5.10)")
 
 
+def tiny_launcher(cell: tuple[str, str, str], row_name: str, exact: bool, variant: str,
+                  common: tuple) -> Launcher:
+    """The launcher of one of ljrprocc's Tiny-ImageNet scripts (§18.5); its "late2022" variant is the 2022-11
+    (19c6000) state, which ran a resnet34 teacher."""
+    row = SCRIPT_ROWS[row_name]
+    extra = ("With --loss l1, T only softens the generator's entropy term, not the student loss (§5.8).",)
+    launcher = curriculum_launcher(cell, row, exact, "§18.5", ROW_ORDER, common, variant=variant, extra_notes=extra)
+    return replace(launcher, sections="§5, §18.5")
+
+
 #: The CuDFKD row of the paper's tables (§5.9).
 PAPER_ROW = pair_values([95.28, 91.61, 93.18, 92.98, 88.77], [75.87, 71.22, 66.43, 65.94])
 #: CuDFKD's recipe (datafree.synthesis.recipe): the §5.8 rows per cell and the paper's numbers (§5.9, §5.10).
 RECIPE = Recipe(
     label="CuDFKD", name="Curriculum Data-Free KD", section="§5", table_row=5, variants=("late2022",),
-    launchers=tuple(recipe_launcher(cell, *entry) for cell, entries in CELL_ROWS.items() for entry in entries),
+    launchers=(*(recipe_launcher(cell, *entry) for cell, entries in CELL_ROWS.items() for entry in entries),
+               *(tiny_launcher(cell, *entry) for cell, entries in TINY_CELL_ROWS.items() for entry in entries)),
     notes=("No --memory: it is off in the clean implementation (§5.7); samples are always normalised.",
            "The generator's adversarial weight follows adv_weight(epoch) of §5.5 (ramp independent of "
            "--curr_option, §7 item 19)."),
@@ -180,8 +228,14 @@ class CuDFKDSynthesizer(GenerativeSynthesizer):
                     "lr_g": 1e-3, "beta1": 0.9, "beta2": 0.99, "T": 20.0, "nz": 512, "oh": 1.0, "bn": 1.0,
                     "act": 0.0, "balance": 20.0, "adv": 0.0}
         #: §5.8 CIFAR-100 resnet34→resnet18 row in its paper-era state (adv 0, grad_adv 0.35, no memory).
+        #: §18.5 Tiny-ImageNet HEAD row (ljrprocc 93c00de, resnet50->resnet18): G-Cu depth 3 with nz 1024, no
+        #: agreement mask, one self-paced weight on the batch-mean loss (§18.5); B is the total of its 2 GPUs.
         ROWS = {"cifar100": {"batch_size": 768, "epochs": 300, "loss": "l1", "T": 5.0, "lambda_0": 1.0,
-                             "adv": 0.0, "grad_adv": 0.35, "begin_fraction": 0.2, "end_fraction": 0.8}}
+                             "adv": 0.0, "grad_adv": 0.35, "begin_fraction": 0.2, "end_fraction": 0.8},
+                "tiny_imagenet": {"batch_size": 128, "epochs": 400, "kd_steps": 10, "loss": "l1", "T": 5.0,
+                                  "lambda_0": 1.5, "adv": 1.0, "grad_adv": 0.1, "begin_fraction": 0.2,
+                                  "end_fraction": 0.75, "nz": 1024, "depth": 3, "adv_mask": "off",
+                                  "spl_granularity": "batch"}}
 
         loss: str = option("l1", "per-sample student loss ℓ_i (§5.3)", choices=("l1", "l2", "kl"))
         curr_option: str = option("curr_log", "self-paced weight function; none = plain batch loss",

@@ -52,11 +52,13 @@ from datafree.synthesis.base import BNMomentumOptions, LatentOptions, SynthesisS
 from datafree.synthesis.pooled import PooledSynthesizer, Terms
 from datafree.synthesis.recipe import Launcher, Recipe, Setting, settings
 
-#: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g).
+#: §10.8 variant table: k inner steps, inner generator lr, latent lr (meta lr = k·lr_g); "fast50" is the
+#: reference's ImageNet row (§19.4).
 FAST_VARIANTS: dict[str, dict[str, Any]] = {
     "fast2": {"g_steps": 2, "lr_g": 5e-3, "lr_z": 0.015},
     "fast5": {"g_steps": 5, "lr_g": 3e-3, "lr_z": 0.01},
     "fast10": {"g_steps": 10, "lr_g": 2e-3, "lr_z": 0.01},
+    "fast50": {"g_steps": 50, "lr_g": 2e-4, "lr_z": 0.01},
 }
 #: Reptile's hard-coded gradient factor, ``g_θ = 67·(θ − θ'_k)`` ([REF] ``fast_meta.py:16–20``, §10.5).
 REPTILE_SCALE = 67.0
@@ -108,6 +110,57 @@ def recipe_launcher(cell: tuple[str, str, str], variant: str) -> Launcher:
                     source=f"{where} (docs/METHODS.md §10.8)", settings=values, variant=variant, notes=notes)
 
 
+#: §19.4: Fast-50 on ImageNet, the three logged runs of the reference's ImageNet driver (their header values).
+IMAGENET_SOURCE = "zju-vipa/Fast-Datafree @0dcecbc datafree_kd_imagenet.py and the headers of its logs/ (§19.4)"
+IMAGENET_SETTINGS = settings(
+    ("batch_size", "100", "log header (Bs = B)"), ("synthesis_batch_size", "100", "log header: unset, so = B"),
+    ("epochs", "400", "log header"), ("warmup", "0", "the ImageNet driver has no warm-up (start_kd 0)"),
+    ("ep_steps", "1000", "log header: 10 syntheses of 100 KD steps per epoch"), ("kd_steps", "100", "log header"),
+    ("lr", "0.1", "log header: student SGD"), ("weight_decay", "1e-4", "log header"),
+    ("lr_schedule", "cosine", "datafree_kd_imagenet.py: cosine over the 400 epochs"),
+    ("eta_min", "0", "PyTorch's cosine floor (the driver sets none)"), ("T", "5", "log header: KL at T 5"),
+    ("bn", "0.1", "log header"), ("oh", "0.1", "log header"), ("bn_mmt", "0.9", "log header"),
+    ("nz", "256", "§19.3: a spatial latent 256x14x14"), ("ngf", "64", "§19.3"),
+    ("beta1", "0.5", "fast_meta_imagenet.py: Adam betas (0.5, 0.999), inner and meta"), ("beta2", "0.999", "§19.4"),
+    ("fast_meta", "reptile", "log header: is_maml 0 (Reptile)"),
+    ("reset_l0_epoch", "-1", "the ImageNet code never resets (reset_l0 0; §19.3)"),
+    ("fast_variant", "fast50", "log header: Fast-50"),
+    ("g_steps", "50", "log header: 50 generator steps per batch"), ("lr_g", "2e-4", "log header: inner generator lr"),
+    ("lr_z", "0.01", "log header: inner latent lr"))
+#: pair -> (adv, its comment, reported notes) of the three logged runs (§19.4).
+IMAGENET_PAIRS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
+    ("tv_resnet50", "tv_resnet50"): ("0.1", "log header", ("The log's best is 68.618.",)),
+    ("tv_resnet50", "tv_resnet18"): ("1.0", "log header of the final run (a first attempt used adv 0.01, lr 0.01)",
+                                     ()),
+    ("tv_resnet50", "tv_mobilenet_v2"): ("0.1", "log header", ("The log's best is 43.024.",)),
+}
+#: What this FastDFKD does not do of the reference's ImageNet synthesizer (§19.4).
+IMAGENET_MISSING = (
+    "Not implemented here, so the cell is a re-run (§19.4): the reference meta-learns one latent batch z "
+    "(100x256x14x14; meta Adam lr 5e-3) and re-draws it, with a fresh meta Adam, every 50 synthesis calls "
+    "(--reinit 50: every 5 epochs at 10 calls per epoch); here z is drawn afresh for every synthesis.",
+    "Meta learning rate: the reference's meta Adam uses lr_g_meta 1e-4; here it is g_steps x lr_g = 1e-2 (no flag "
+    "sets it). Its Reptile gradient is theta - theta' (here x67, which Adam nearly cancels).",
+    "Augmentation: the reference's synthesis views are RandomResizedCrop(224, scale 0.75-1) + flip, and its pool is "
+    "read through the ImageNet training transform (RandomResizedCrop(224) + flip); here both are the dataset "
+    "entry's 4-px crop + flip (§19.1).",
+    "The reference pools the last inner iterate; this one the lowest-loss iterate (§10.6).",
+    "The logs name a --cmi_init folder (a pool from earlier runs); whether it held images is not known.",
+    "The pool grows to 400,000 images (60.2 GB uint8; on the host with --pool_device auto, §21.3), against the "
+    "README's '140k' (§19.4).")
+
+
+def imagenet_launcher(teacher: str, student: str) -> Launcher:
+    """The Fast-50 launcher of one ImageNet pair (§19.4)."""
+    adv, comment, _ = IMAGENET_PAIRS[(teacher, student)]
+    values = (*IMAGENET_SETTINGS, Setting("adv", adv, comment), Setting("seed", "0", "log header"))
+    return Launcher("imagenet", teacher, student, what="Fast-50, the values of the reference's ImageNet log",
+                    source=IMAGENET_SOURCE, settings=values, variant="fast50", sections="§10, §19.4",
+                    notes=IMAGENET_MISSING, reported_notes=IMAGENET_PAIRS[(teacher, student)][2], shared_notes=False)
+
+
+#: The Fast-Datafree README's ImageNet table (§19.4): Fast-50, in the order of IMAGENET_PAIRS.
+IMAGENET_TABLE = (68.61, 53.45, 43.02)
 #: The Fast-Datafree README's table (§10.9): dataset -> variant -> values in the order of PAIRS.
 PAPER_TABLE = {"cifar10": {"fast2": [92.62, 84.67, 89.56, 89.68, 88.36], "fast5": [93.63, 89.94, 92.04, 91.96, 88.90],
                            "fast10": [94.05, 90.53, 92.51, 92.45, 89.29]},
@@ -115,19 +168,25 @@ PAPER_TABLE = {"cifar10": {"fast2": [92.62, 84.67, 89.56, 89.68, 88.36], "fast5"
                             "fast10": [74.34, 67.44, 63.91, 65.12, 54.02]}}
 #: FastDFKD's recipe (datafree.synthesis.recipe): every pair in the three variants of §10.8 and §10.9's numbers.
 RECIPE = Recipe(
-    label="FastDFKD", name="meta-learned generator", section="§10", table_row=6, variants=tuple(VARIANT_SETTINGS),
-    launchers=tuple(recipe_launcher((dataset, teacher, student), variant) for dataset, pairs in PAIRS.items()
-                    for teacher, student in pairs for variant in VARIANT_SETTINGS),
+    label="FastDFKD", name="meta-learned generator", section="§10", table_row=6,
+    variants=(*VARIANT_SETTINGS, "fast50"),
+    launchers=(*(recipe_launcher((dataset, teacher, student), variant) for dataset, pairs in PAIRS.items()
+                 for teacher, student in pairs for variant in VARIANT_SETTINGS),
+               *(imagenet_launcher(teacher, student) for teacher, student in IMAGENET_PAIRS)),
     notes=("The pool is in memory (uint8), never a folder of PNGs that a rerun would silently reuse (§10.10 item 5).",
            "Cosine schedule over the 200 KD epochs (epochs - warmup), not the script's hard-coded 200 "
            "(§10.10 item 6).",
            "Reported hours are synthesis-only; benchmarks/throughput.py reports both synthesis and full-run time "
            "(§10.9)."),
-    published={(variant, dataset, teacher, student): Published(
+    published={**{(variant, dataset, teacher, student): Published(
         value, "reproduction", "Fast-Datafree README (§10.9)",
         "the code state behind the paper is unknown (§13 item 3)")
         for dataset, variants in PAPER_TABLE.items() for variant, values in variants.items()
-        for (teacher, student), value in zip(PAIRS[dataset], values)})
+        for (teacher, student), value in zip(PAIRS[dataset], values)},
+        **{("fast50", "imagenet", teacher, student): Published(
+            value, "re-run", "Fast-Datafree README and logs (§19.4)",
+            "this FastDFKD lacks the reference's meta-learned z, its meta lr and its resized-crop augmentation (§19.4)")
+           for (teacher, student), value in zip(IMAGENET_PAIRS, IMAGENET_TABLE)}})
 
 
 class FastSynthesizer(PooledSynthesizer):
@@ -151,8 +210,15 @@ class FastSynthesizer(PooledSynthesizer):
                     "g_steps": None, "lr_g": None, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999,
                     "T": 20.0, "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64}
 
-        fast_variant: str = option("fast10", "Fast-k row of §10.8: sets --g_steps, --lr_g, --lr_z unless given",
-                                   choices=sorted(FAST_VARIANTS))
+        #: §19.4 Fast-50 on ImageNet (the reference's log headers); its meta-learned z, meta lr and resized-crop
+        #: augmentation are not this method's (the launchers' notes).
+        ROWS = {"imagenet": {"batch_size": 100, "epochs": 400, "warmup": 0, "ep_steps": 1000, "kd_steps": 100,
+                             "fast_variant": "fast50", "lr": 0.1, "weight_decay": 1e-4, "lr_schedule": "cosine",
+                             "eta_min": 0.0, "T": 5.0, "adv": 0.1, "bn": 0.1, "oh": 0.1, "bn_mmt": 0.9,
+                             "fast_meta": "reptile", "nz": 256, "reset_l0_epoch": -1}}
+
+        fast_variant: str = option("fast10", "Fast-k row of §10.8 (fast50: the ImageNet row, §19.4): sets --g_steps, "
+                                             "--lr_g, --lr_z unless given", choices=sorted(FAST_VARIANTS))
         fast_meta: str = option("fomaml", "meta-gradient: FOMAML sum of the inner gradients or Reptile ×67",
                                 choices=("fomaml", "reptile"))
         lr_z: float | None = option(None, "Fast latent learning rate (unset: the variant's)", "positive")

@@ -19,7 +19,8 @@ Values several recipes share live here: the §4.7 baseline scripts' sources and 
 baseline recipe (:func:`baseline_recipe`), a published table row as cells (:func:`pair_values`,
 §5.9), the per-pair script rows of the curriculum methods (:class:`CurriculumRow`, §5.8, §12.6),
 the ``--precision`` every launcher passes (§7 item 22), and the with-data recipes of
-``train_scratch.py`` per dataset (:data:`SCRATCH_RECIPES`, §2.2, §20.1), which are not a method.
+``train_scratch.py`` per dataset (:data:`SCRATCH_RECIPES`, §2.2, §18.3, §20.1; ImageNet's entry only names
+its teachers' source, §19.4), which are not a method.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
-from datafree.published import CUDFKD_SOURCE, MNIST_PAIRS, PAIRS, PAPER_CELLS, SCRATCH, SCRATCH_MNIST, Published
+from datafree.published import (CUDFKD_SOURCE, LARGE_PAIRS, LJRPROCC_TEACHERS, MNIST_PAIRS, PAIRS, PAPER_CELLS, SCRATCH,
+                                SCRATCH_LARGE, SCRATCH_MNIST, TORCHVISION_ACCURACY, Published)
 
 #: (dataset, teacher, student): one cell of the benchmark grid.
 Cell = tuple[str, str, str]
@@ -205,20 +207,22 @@ def baseline_recipe(*, label: str, name: str, section: str, table_row: int, defa
                     rows: Mapping[Cell, BaselineRow], notes: Sequence[str], published: Mapping[NumberKey, Published],
                     no_cifar100: bool = False, missing_notes: Mapping[Cell, Sequence[str]] | None = None,
                     reported_notes: Mapping[Cell, Sequence[str]] | None = None,
-                    more_launchers: Sequence[Launcher] = ()) -> Recipe:
+                    more_launchers: Sequence[Launcher] = (), variants: Sequence[str] = ()) -> Recipe:
     """The recipe of a §4 baseline: one launcher per cell of the paper's grid (§5.9), each running the
     cell's §4.7 script row or, without one, the method ``defaults`` ((flag, value) in launcher order).
 
     ``no_cifar100``: the method has no CIFAR-100 script at all (§4.7). ``missing_notes``: notes of
     cells without a script; ``reported_notes``: lines after a cell's published number.
-    ``more_launchers`` follow the grid's (e.g. DAFL's own MNIST run, §20.1).
+    ``more_launchers`` follow the grid's (e.g. DAFL's own MNIST run, §20.1; the Tiny-ImageNet and ImageNet
+    cells, §18.5, §19.4), and ``variants`` are the ones they and ``published`` use.
     """
     missing_notes, reported_notes = missing_notes or {}, reported_notes or {}
     launchers = tuple(_baseline_launcher(label, cell, defaults, rows.get(cell), no_cifar100,
                                          missing_notes.get(cell, ()), reported_notes.get(cell, ()))
                       for cell in PAPER_CELLS)
     return Recipe(label=label, name=name, section=section, table_row=table_row,
-                  launchers=launchers + tuple(more_launchers), published=published, notes=tuple(notes))
+                  launchers=launchers + tuple(more_launchers), published=published, notes=tuple(notes),
+                  variants=tuple(variants))
 
 
 # --------------------------------------------------------------------------- §5.8 / §12.6 curriculum rows
@@ -239,7 +243,17 @@ class CurriculumRow:
 PACE_GROWTH: dict[str, tuple[str, str]] = {
     "cifar10": ("1e-4", "§5.4 pace growth hard-coded for cifar10"),
     "cifar100": ("2e-5", "§5.4 pace growth hard-coded for non-cifar10 datasets"),
+    "tiny_imagenet": ("2e-5", "§5.4 pace growth hard-coded for non-cifar10 datasets"),
 }
+
+
+def replace_settings(base: Sequence[Setting], *changes: tuple[str, str, str]) -> tuple[Setting, ...]:
+    """``base`` with the value and comment of each ``(flag, value, comment)`` in ``changes`` replaced in
+    place (e.g. a method's common settings at 64 px: nz 1024 and depth 3, §18.5)."""
+    by_flag = {flag: Setting(flag, value, comment) for flag, value, comment in changes}
+    unknown = set(by_flag) - {setting.flag for setting in base}
+    assert not unknown, f"not in the base settings: {sorted(unknown)}"
+    return tuple(by_flag.get(setting.flag, setting) for setting in base)
 
 
 def adversarial_schedule_note(values: Mapping[str, str]) -> str:
@@ -311,7 +325,11 @@ class ScratchRecipe:
     ``label`` names the dataset in these launchers, ``distill_label`` in a distillation launcher
     (MNIST runs at 32 px, §20.1); ``defaults`` says which train_scratch.py defaults ``settings``
     are; ``checkpoint_note`` ends the header's line on the copied checkpoint; ``released_teachers``:
-    a released teacher can stand in for one trained here (CMI's CIFAR teachers, §2.2).
+    a released teacher can stand in for one trained here (CMI's CIFAR teachers, §2.2; ljrprocc's
+    Tiny-ImageNet teachers, §18.4). ``with_data_source`` says, in a distillation launcher's header,
+    where the with-data top-1 of teacher and student comes from (default: ``section``);
+    ``teacher_file`` replaces the advice on where the teacher comes from (ImageNet: torchvision's
+    weight file, no train_scratch.py launcher, §19.4).
     """
 
     dataset: str
@@ -325,6 +343,8 @@ class ScratchRecipe:
     models: tuple[ScratchModel, ...]
     checkpoint_note: str = ""
     released_teachers: bool = True
+    with_data_source: str = ""
+    teacher_file: str = ""
 
 
 #: The §2.2 reference recipe (all of them are train_scratch.py's defaults; passed for readability).
@@ -374,9 +394,49 @@ def _mnist_scratch() -> ScratchRecipe:
                          released_teachers=False)
 
 
-#: dataset -> its with-data recipe (§2.2, §20.1).
+#: ljrprocc's Tiny-ImageNet teacher recipe (§18.3; train_scratch.py's Tiny-ImageNet defaults).
+TINY_SCRATCH_SOURCE = "ljrprocc/DFKD scripts/run_scratch_tiny_imagenet.sh"
+TINY_SCRATCH_SETTINGS = settings(
+    ("epochs", "200", f"{TINY_SCRATCH_SOURCE} (§18.3)"),
+    ("batch_size", "128", "the script's total batch over its 2 GPUs, here on one device (§18.3)"),
+    ("lr", "0.2", "§18.3 script value"), ("momentum", "0.9", "§18.3"), ("weight_decay", "1e-4", "§18.3 script value"),
+    ("milestones", "120,150,180", "§18.3: the reference's default milestones"), ("gamma", "0.1", "§18.3"))
+
+
+def _tiny_scratch() -> ScratchRecipe:
+    """The Tiny-ImageNet teachers and student of ljrprocc's published cells, trained with its recipe (§18.3)."""
+    models = []
+    for model, (role, accuracy, _) in SCRATCH_LARGE["tiny_imagenet"].items():
+        partners = sorted({student if role == "teacher" else teacher for teacher, student in LARGE_PAIRS["tiny_imagenet"]
+                           if model in (teacher, student)})
+        relation = (f"teacher of the data-free students {', '.join(partners)}" if role == "teacher" else
+                    f"the with-data reference for {model} students distilled data-free from {', '.join(partners)}")
+        notes = ("The number is that of ljrprocc's released file of the same name (a DDP save that loads as it is, "
+                 "§18.4); this launcher trains a new one with the recipe of its ResNet-50.",)
+        if model == "resnet18_imagenet":
+            notes += ("An older ljrprocc revision trained ResNet-18 with batch 512 at lr 0.1 (§18.3).",)
+        models.append(ScratchModel(model, accuracy, "ljrprocc's teacher recipe", relation, notes))
+    return ScratchRecipe("tiny_imagenet", "Tiny-ImageNet", "Tiny-ImageNet (64 px)", "§18.3", LJRPROCC_TEACHERS,
+                         TINY_SCRATCH_SETTINGS, "Tiny-ImageNet defaults",
+                         "[--data_root DIR] [--download] [--max_minutes M] ...", tuple(models),
+                         checkpoint_note="Compare students only with the teacher they were distilled from (§18.3).",
+                         with_data_source="ljrprocc's released files, §18.4")
+
+
+def _imagenet_entry() -> ScratchRecipe:
+    """ImageNet: no with-data launcher (train_scratch.py refuses it); the teachers are torchvision's weights."""
+    return ScratchRecipe("imagenet", "ImageNet", "ImageNet (224 px)", "§19.2", TORCHVISION_ACCURACY, (), "", "", (),
+                         released_teachers=False, with_data_source=TORCHVISION_ACCURACY,
+                         teacher_file="put torchvision's pretrained weight file of this architecture there: a plain "
+                                      "state_dict, never downloaded, see the README's ImageNet section and §19.4; "
+                                      "train_scratch.py does not train on ImageNet")
+
+
+#: dataset -> its with-data recipe (§2.2, §18.3, §19.2, §20.1).
 SCRATCH_RECIPES: dict[str, ScratchRecipe] = {
     "cifar10": _cifar_scratch("cifar10", "CIFAR-10"),
     "cifar100": _cifar_scratch("cifar100", "CIFAR-100"),
     "mnist": _mnist_scratch(),
+    "tiny_imagenet": _tiny_scratch(),
+    "imagenet": _imagenet_entry(),
 }
