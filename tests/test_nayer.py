@@ -8,6 +8,8 @@ epochs (``gwp_loops`` batches, no student query), and an exact resume across the
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -350,3 +352,16 @@ def test_resume_across_the_warmup_boundary_equals_an_uninterrupted_run(tmp_path,
     assert [r["synthesis_loops"] for r in records] == [2.0, 1.0, 1.0]
     assert [r["generator_recreated"] for r in records] == [1.0, 1.0, 0.0]     # (e − 1) % 3 == 0 or e % 3 == 0
     assert "loss_adv" in records[-1]
+
+
+def test_the_pool_flip_is_off_on_tiny_imagenet_and_imagenet_as_in_the_reference():
+    """§18.6: at 64 and 224 px the reference crops its pool images without flipping them."""
+    for dataset, flip in (("cifar10", "dataset"), ("cifar100", "dataset"), ("tiny_imagenet", "off"), ("imagenet", "off")):
+        assert NAYERSynthesizer.Options.resolve({}, dataset=dataset).pool_flip == flip, dataset
+    assert make_synthesizer().flip_probability == 0.5
+    synthesizer = make_synthesizer(pool_flip="off")
+    assert synthesizer.flip_probability == 0.0
+    # with the crop's padding 0 the augmentation is then the identity: no row comes back mirrored
+    synthesizer.setup = dataclasses.replace(synthesizer.setup, pool_padding=0)
+    images = torch.rand(16, 3, 32, 32)
+    assert torch.equal(synthesizer.pool_augment(images), images)

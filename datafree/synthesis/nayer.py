@@ -137,8 +137,9 @@ class NAYERSynthesizer(PooledSynthesizer):
         DEFAULTS = {"batch_size": 512, "synthesis_batch_size": 400, "epochs": 220, "warmup": 20, "ep_steps": 400,
                     "kd_steps": 400, "g_steps": 30, "lr": 0.2, "eta_min": 2e-4, "lr_g": 4e-3, "beta1": 0.5,
                     "beta2": 0.999, "T": 20.0, "adv": 1.33, "bn": 10.0, "oh": 0.5, "bn_mmt": 0.9, "ngf": 64}
-        #: §11.8: CIFAR-100 takes 40 generator iterations per batch.
-        ROWS = {"cifar100": {"g_steps": 40}}
+        #: §11.8: CIFAR-100 takes 40 generator iterations per batch; at 64 and 224 px the reference's pool
+        #: augmentation is the padding-4 crop without the flip (§18.6).
+        ROWS = {"cifar100": {"g_steps": 40}, "tiny_imagenet": {"pool_flip": "off"}, "imagenet": {"pool_flip": "off"}}
 
         g_loops: int = option(2, "NAYER synthetic batches per epoch after warm-up", "positive")
         gwp_loops: int = option(10, "NAYER synthetic batches per warm-up epoch", "positive")
@@ -148,6 +149,9 @@ class NAYERSynthesizer(PooledSynthesizer):
             label_embeddings.TEACHER_FC, "class embeddings fed to the generator: a C x D .pt/.npy tensor (the paper: "
             "CLIP ViT-B/32 text features of 'a image of {name}'), or teacher_fc (rows of the teacher's last Linear, "
             "a deviation) or random (N(0, I) codes, an ablation)")
+        pool_flip: str = option("dataset", "NAYER: the horizontal flip of its crop augmentation, as the dataset entry "
+                                           "says or off ([REF] on Tiny-ImageNet and ImageNet, §18.6)",
+                                choices=("dataset", "off"))
         nayer_ref_student_mode: bool = option(
             False, "NAYER: reproduce the reference's student query in train mode from the second batch of an epoch "
                    "(updates the student's BN statistics; §11.10 item 1)")
@@ -169,6 +173,7 @@ class NAYERSynthesizer(PooledSynthesizer):
 
     def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
+        self.flip_off = options.pool_flip == "off"
         self.warmup = options.warmup
         self.loops = options.g_loops
         self.warmup_loops = options.gwp_loops
@@ -186,6 +191,11 @@ class NAYERSynthesizer(PooledSynthesizer):
         #: The last epoch for which the generator was re-created (−1: never), so that a resumed
         #: epoch does not re-create it a second time.
         self.recreated_epoch = -1
+
+    @property
+    def flip_probability(self) -> float:
+        """The dataset's flip probability, or 0 with ``--pool_flip off`` (§18.6)."""
+        return 0.0 if self.flip_off else super().flip_probability
 
     @classmethod
     def deviations(cls, options: Options) -> list[str]:
