@@ -2,8 +2,10 @@
 # The GPU checks as one prepared command for a lent GPU
 # (results/benchmarks/README.md): first the whole published MNIST cells of DAFL (docs/METHODS.md
 # §20.1: 24,000 iterations each, minutes on one GPU) and DFAD (§20.2: 10,000 KD steps), then the CUDA-only tests (tests/test_cuda.py),
-# then as many rows of the GPU throughput table as fit in the budget. Rerun it to continue: rows
-# already measured are skipped (--resume); SKIP_MNIST=1 and SKIP_TESTS=1 skip those parts.
+# then the 64-px projection (DAFL and CuDFKD at 32 and 64 px, same pair and batch: is a Tiny-ImageNet
+# run at most 4x a CIFAR run? docs/METHODS.md §21.3), then as many rows of the GPU throughput table as
+# fit in the budget. Rerun it to continue: rows already measured are skipped (--resume);
+# SKIP_MNIST=1, SKIP_TESTS=1 and SKIP_64PX=1 skip those parts.
 #
 #   bash benchmarks/gpu_session.sh [MINUTES_FOR_ROWS]      (default 6)
 #
@@ -21,7 +23,8 @@ PYTHON=${PYTHON:-python3}
 DEST=${OUT:-results/benchmarks}
 mkdir -p "$DEST"
 if [ "$DEST" != results/benchmarks ]; then
-    for file in gpu_throughput.md gpu_throughput.md.json gpu_throughput.log; do
+    for file in gpu_throughput.md gpu_throughput.md.json gpu_throughput.log gpu_64px_throughput.md \
+            gpu_64px_throughput.md.json gpu_64px_throughput.log; do
         [ -f "results/benchmarks/$file" ] && cp "results/benchmarks/$file" "$DEST/"   # earlier calls' rows
     done
 fi
@@ -51,7 +54,14 @@ fi
 if [ -z "${SKIP_TESTS:-}" ]; then
     "$PYTHON" -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$DEST/gpu_cuda_tests.log"
 fi
-"$PYTHON" benchmarks/throughput.py --methods cudfkd,cmi,adi,dafl,zskt,dfq,fast,nayer,adadfkd \
+if [ -z "${SKIP_64PX:-}" ]; then
+    for dataset in cifar10 tiny_imagenet; do
+        "$PYTHON" benchmarks/throughput.py --methods dafl,cudfkd --pairs resnet34:resnet18 --dataset "$dataset" \
+            --variants bf16 --batch_size 128 --device cuda --max_g_steps 50 --resume \
+            --out "$DEST/gpu_64px_throughput.md" 2>&1 | tee -a "$DEST/gpu_64px_throughput.log"
+    done
+fi
+"$PYTHON" benchmarks/throughput.py --methods cudfkd,cmi,adi,dafl,zskt,dfq,fast,nayer,adadfkd,dfad,mbdfkd,predfkd \
     --pairs resnet34:resnet18,wrn40_2:wrn16_1 --variants fp32,bf16,compile --batch_size 256 \
     --device cuda --max_g_steps 50 --max_minutes "${1:-6}" --resume --out "$DEST/gpu_throughput.md" \
     2>&1 | tee -a "$DEST/gpu_throughput.log"
