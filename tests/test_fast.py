@@ -333,3 +333,54 @@ def test_resume_across_warmup_and_reset_equals_an_uninterrupted_run(tmp_path, ci
     for key, value in expected["synthesizer"]["meta_generator"].items():
         assert torch.equal(value, resumed["synthesizer"]["meta_generator"][key]), key
     assert resumed["synthesizer"]["reset_done"] is True
+
+
+# ------------------------------------------------------------------ the ImageNet reference's synthesizer (§19.3)
+def test_meta_learned_latents_take_one_reptile_adam_step_towards_their_inner_copy():
+    synthesizer = make_synthesizer(fast_meta="reptile", reptile_scale=1.0, lr_z_meta=5e-3, lr_g_meta=1e-4)
+    assert [group["lr"] for group in synthesizer.meta_optimizer.param_groups] == [1e-4, 5e-3]
+    before = synthesizer.meta_latents.detach().clone()
+    seen = []
+    original = synthesizer.forward_float
+    synthesizer.forward_float = lambda module, latents: (seen.append((latents, latents.detach().clone())),
+                                                         original(module, latents))[1]
+    synthesizer.synthesize()
+    inner, start = seen[0][0].detach(), seen[0][1]
+    assert torch.equal(start, before)                     # the inner loop starts from the meta latents
+    assert all(entry[0] is seen[0][0] for entry in seen)  # one inner latent batch, stepped in place
+    # Reptile gradient meta - inner; Adam's first step moves each element by lr_z_meta against its sign
+    difference = inner - before
+    moved = synthesizer.meta_latents.detach() - before
+    clear = difference.abs() > 1e-4
+    assert clear.float().mean() > 0.5
+    assert torch.allclose(moved[clear], 5e-3 * torch.sign(difference[clear]), rtol=1e-3, atol=0)
+
+
+def test_meta_latents_are_redrawn_with_a_fresh_meta_adam_every_z_reinit_syntheses_and_resume_exactly():
+    synthesizer = make_synthesizer(fast_meta="reptile", lr_z_meta=5e-3, z_reinit=2)
+    first = synthesizer.meta_latents
+    synthesizer.synthesize()
+    assert synthesizer.meta_latents is first
+    synthesizer.synthesize()                              # the 2nd synthesis re-draws (the reference's ep % 2 == 0)
+    assert synthesizer.meta_latents is not first
+    state = synthesizer.state_dict()
+    assert state["syntheses"] == 2 and torch.equal(state["meta_latents"], synthesizer.meta_latents.detach())
+    resumed = make_synthesizer(fast_meta="reptile", lr_z_meta=5e-3, z_reinit=2)
+    resumed.load_state_dict(copy.deepcopy(state))   # as from last.pth: no optimizer moment shared with the original
+    synthesizer.synthesize()
+    resumed.synthesize()
+    assert torch.equal(resumed.meta_latents, synthesizer.meta_latents)
+    assert torch.equal(resumed.pool.images, synthesizer.pool.images)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.meta_generator.parameters(),
+                                                 synthesizer.meta_generator.parameters()))
+
+
+def test_resized_synthesis_views_never_show_the_crop_padding():
+    ones = torch.ones(16, 3, 32, 32)
+    assert torch.equal(make_synthesizer(synthesis_crop="resized").synthesis_view(ones), ones)
+    assert (make_synthesizer().synthesis_view(ones) == 0).any()   # the 4-px zero padding of the default crop
+
+
+def test_z_reinit_needs_meta_learned_latents():
+    with pytest.raises(UsageError, match="--z_reinit re-draws meta-learned latents: it needs --lr_z_meta"):
+        fast_options(z_reinit=50)

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from datafree.augment import random_resized_crop_flip
 from datafree.errors import UsageError
 from datafree.models import fast_generator
 from datafree.options import option
@@ -60,6 +61,8 @@ FAST_VARIANTS: dict[str, dict[str, Any]] = {
     "fast10": {"g_steps": 10, "lr_g": 2e-3, "lr_z": 0.01},
     "fast50": {"g_steps": 50, "lr_g": 2e-4, "lr_z": 0.01},
 }
+#: Area range of the synthesis views' random resized crop in the ImageNet reference (§19.3).
+RESIZED_VIEW_SCALE = (0.75, 1.0)
 #: Reptile's hard-coded gradient factor, ``g_θ = 67·(θ − θ'_k)`` ([REF] ``fast_meta.py:16–20``, §10.5).
 REPTILE_SCALE = 67.0
 #: The [REF] resets the first layers at synthesis ``120 + warmup``, i.e. epoch index ``warmup + 119`` (§10.6).
@@ -126,7 +129,12 @@ IMAGENET_SETTINGS = settings(
     ("reset_l0_epoch", "-1", "the ImageNet code never resets (reset_l0 0; §19.3)"),
     ("fast_variant", "fast50", "log header: Fast-50"),
     ("g_steps", "50", "log header: 50 generator steps per batch"), ("lr_g", "2e-4", "log header: inner generator lr"),
-    ("lr_z", "0.01", "log header: inner latent lr"))
+    ("lr_z", "0.01", "log header: inner latent lr"),
+    ("lr_g_meta", "1e-4", "log header: lr_g_meta (the meta Adam on the generator)"),
+    ("lr_z_meta", "5e-3", "log header: lr_z_meta (one meta-learned latent batch, 100x256x14x14)"),
+    ("z_reinit", "50", "log header: reinit 50 (new latents and meta Adam every 50 syntheses)"),
+    ("reptile_scale", "1", "fast_meta_imagenet.py: Reptile gradient theta - theta' (no factor)"),
+    ("synthesis_crop", "resized", "fast_meta_imagenet.py: RandomResizedCrop(224, scale 0.75-1) + flip"))
 #: pair -> (adv, its comment, reported notes) of the three logged runs (§19.4).
 IMAGENET_PAIRS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
     ("tv_resnet50", "tv_resnet50"): ("0.1", "log header", ("The log's best is 68.618.",)),
@@ -134,18 +142,13 @@ IMAGENET_PAIRS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
                                      ()),
     ("tv_resnet50", "tv_mobilenet_v2"): ("0.1", "log header", ("The log's best is 43.024.",)),
 }
-#: What this FastDFKD does not do of the reference's ImageNet synthesizer (§19.4).
+#: Where this FastDFKD still differs from the reference's ImageNet run (§19.4).
 IMAGENET_MISSING = (
-    "Not implemented here, so the cell is a re-run (§19.4): the reference meta-learns one latent batch z "
-    "(100x256x14x14; meta Adam lr 5e-3) and re-draws it, with a fresh meta Adam, every 50 synthesis calls "
-    "(--reinit 50: every 5 epochs at 10 calls per epoch); here z is drawn afresh for every synthesis.",
-    "Meta learning rate: the reference's meta Adam uses lr_g_meta 1e-4; here it is g_steps x lr_g = 1e-2 (no flag "
-    "sets it). Its Reptile gradient is theta - theta' (here x67, which Adam nearly cancels).",
-    "Augmentation: the reference's synthesis views are RandomResizedCrop(224, scale 0.75-1) + flip, and its pool is "
-    "read through the ImageNet training transform (RandomResizedCrop(224) + flip); here both are the dataset "
-    "entry's 4-px crop + flip (§19.1).",
+    "A re-run, not a reproduction (§19.4): the reference reads its pool through the ImageNet training transform "
+    "(RandomResizedCrop(224) + flip); here KD batches take the dataset entry's 4-px crop + flip (§19.1).",
     "The reference pools the last inner iterate; this one the lowest-loss iterate (§10.6).",
-    "The logs name a --cmi_init folder (a pool from earlier runs); whether it held images is not known.",
+    "The logs name a --cmi_init folder (a pool from earlier runs); whether it held images is not known, and the "
+    "released datafree_kd_imagenet.py does not parse, so the logs come from an earlier code state.",
     "The pool grows to 400,000 images (60.2 GB uint8; on the host with --pool_device auto, §21.3), against the "
     "README's '140k' (§19.4).")
 
@@ -185,7 +188,8 @@ RECIPE = Recipe(
         for (teacher, student), value in zip(PAIRS[dataset], values)},
         **{("fast50", "imagenet", teacher, student): Published(
             value, "re-run", "Fast-Datafree README and logs (§19.4)",
-            "this FastDFKD lacks the reference's meta-learned z, its meta lr and its resized-crop augmentation (§19.4)")
+            "this FastDFKD reads its pool with the 4-px crop and pools the best iterate; the reference's code "
+            "state is unknown (§19.4)")
            for (teacher, student), value in zip(IMAGENET_PAIRS, IMAGENET_TABLE)}})
 
 
@@ -210,12 +214,13 @@ class FastSynthesizer(PooledSynthesizer):
                     "g_steps": None, "lr_g": None, "lr": 0.2, "eta_min": 2e-4, "beta1": 0.5, "beta2": 0.999,
                     "T": 20.0, "adv": 1.1, "bn": 10.0, "oh": 0.4, "bn_mmt": 0.9, "nz": 256, "ngf": 64}
 
-        #: §19.4 Fast-50 on ImageNet (the reference's log headers); its meta-learned z, meta lr and resized-crop
-        #: augmentation are not this method's (the launchers' notes).
+        #: §19.4 Fast-50 on ImageNet (the reference's log headers), with its meta-learned latents, meta lrs,
+        #: Reptile without factor and resized-crop views (§19.3).
         ROWS = {"imagenet": {"batch_size": 100, "epochs": 400, "warmup": 0, "ep_steps": 1000, "kd_steps": 100,
                              "fast_variant": "fast50", "lr": 0.1, "weight_decay": 1e-4, "lr_schedule": "cosine",
                              "eta_min": 0.0, "T": 5.0, "adv": 0.1, "bn": 0.1, "oh": 0.1, "bn_mmt": 0.9,
-                             "fast_meta": "reptile", "nz": 256, "reset_l0_epoch": -1}}
+                             "fast_meta": "reptile", "nz": 256, "reset_l0_epoch": -1, "lr_g_meta": 1e-4,
+                             "lr_z_meta": 5e-3, "z_reinit": 50, "reptile_scale": 1.0, "synthesis_crop": "resized"}}
 
         fast_variant: str = option("fast10", "Fast-k row of §10.8 (fast50: the ImageNet row, §19.4): sets --g_steps, "
                                              "--lr_g, --lr_z unless given", choices=sorted(FAST_VARIANTS))
@@ -224,6 +229,18 @@ class FastSynthesizer(PooledSynthesizer):
         lr_z: float | None = option(None, "Fast latent learning rate (unset: the variant's)", "positive")
         reset_l0_epoch: int | None = option(None, "epoch at which Fast re-initialises the meta-generator's Linear "
                                                   "and first BN (unset: warmup + 119; -1 = never)")
+        lr_g_meta: float | None = option(None, "Fast: lr of the meta Adam on the generator (unset: g_steps x lr_g, "
+                                               "§10.5; the ImageNet reference 1e-4, §19.3)", "positive")
+        lr_z_meta: float | None = option(None, "Fast: meta-learn one latent batch with a meta Adam at this lr, as the "
+                                               "ImageNet reference (5e-3, §19.3); unset: fresh latents per synthesis",
+                                         "positive")
+        z_reinit: int = option(0, "Fast with --lr_z_meta: re-draw the meta latents and a fresh meta Adam every this "
+                                  "many syntheses (0: never; the ImageNet reference 50, §19.3)", "non_negative")
+        reptile_scale: float = option(REPTILE_SCALE, "Fast: factor of the Reptile meta-gradient theta - theta' "
+                                                     "([REF] 67 on CIFAR, 1 on ImageNet; §10.5, §19.3)", "positive")
+        synthesis_crop: str = option("crop", "Fast: the synthesis views: the dataset's crop + flip, or resized "
+                                             "(RandomResizedCrop, scale 0.75-1, + flip: the ImageNet reference, §19.3)",
+                                     choices=("crop", "resized"))
 
         def derive(self) -> None:
             """``g_steps``/``lr_g``/``lr_z`` from ``--fast_variant`` where not given, and the reset epoch."""
@@ -241,6 +258,8 @@ class FastSynthesizer(PooledSynthesizer):
                                  f"got {self.reset_l0_epoch}")
             if max(self.bn, self.oh) <= 0:
                 raise UsageError("FastDFKD needs --bn or --oh above 0 (the adversarial term alone is off in warm-up)")
+            if self.z_reinit and self.lr_z_meta is None:
+                raise UsageError("--z_reinit re-draws meta-learned latents: it needs --lr_z_meta")
 
     def __init__(self, setup: SynthesisSetup, options: Options) -> None:
         super().__init__(setup, options)
@@ -258,10 +277,26 @@ class FastSynthesizer(PooledSynthesizer):
                              "code never resets, §19.3): pass --reset_l0_epoch -1")
         # θ': one module for every synthesis, overwritten with θ at the start of each call.
         self.fast_generator = copy.deepcopy(self.meta_generator)
-        self.meta_optimizer = torch.optim.Adam(self.meta_generator.parameters(),
-                                               lr=self.synthesis_lr * self.g_steps, betas=self.betas)
+        self.meta_lr = options.lr_g_meta if options.lr_g_meta is not None else self.synthesis_lr * self.g_steps
+        self.latent_meta_lr = options.lr_z_meta
+        self.latent_reinit = options.z_reinit
+        self.reptile_scale = options.reptile_scale
+        self.resized_views = options.synthesis_crop == "resized"
+        self.syntheses = 0   # synthesize() calls so far (the re-draw period of the meta latents)
+        self.meta_latents: torch.Tensor | None = None
+        self.meta_optimizer = self.new_meta_optimizer()
         self.reset_done = False
         self.adversarial_open = self.gate_open(0)
+
+    def new_meta_optimizer(self) -> torch.optim.Adam:
+        """The meta Adam: on θ at ``--lr_g_meta`` (default k·lr_g, §10.5) and, with ``--lr_z_meta``, on a
+        freshly drawn meta latent batch at that lr (the ImageNet reference, §19.3)."""
+        groups: list[dict[str, Any]] = [{"params": list(self.meta_generator.parameters()), "lr": self.meta_lr}]
+        if self.latent_meta_lr is not None:
+            shape = (self.setup.synthesis_batch_size, *self.meta_generator.latent_shape)
+            self.meta_latents = self.randn(*shape).requires_grad_(True)
+            groups.append({"params": [self.meta_latents], "lr": self.latent_meta_lr})
+        return torch.optim.Adam(groups, betas=self.betas)
 
     # ------------------------------------------------------------------ loop hooks
     def gate_open(self, epoch: int) -> bool:
@@ -317,7 +352,13 @@ class FastSynthesizer(PooledSynthesizer):
         count = self.setup.synthesis_batch_size
         self.fast_generator.load_state_dict(self.meta_generator.state_dict())
         self.fast_generator.train()
-        latents = self.randn(count, *self.meta_generator.latent_shape).requires_grad_(True)
+        self.syntheses += 1
+        if self.meta_latents is None:
+            latents = self.randn(count, *self.meta_generator.latent_shape).requires_grad_(True)
+        else:
+            if self.latent_reinit and self.syntheses % self.latent_reinit == 0:
+                self.meta_optimizer = self.new_meta_optimizer()   # [REF] --reinit: new z, new meta Adam
+            latents = self.meta_latents.detach().clone().requires_grad_(True)
         targets = self.random_labels(count)
         inner_optimizer = torch.optim.Adam([{"params": self.fast_generator.parameters(), "lr": self.synthesis_lr},
                                             {"params": [latents], "lr": self.latent_lr}], betas=self.betas)
@@ -327,30 +368,44 @@ class FastSynthesizer(PooledSynthesizer):
 
         def objective() -> tuple[Terms, tuple[torch.Tensor, ...]]:
             images = self.forward_float(self.fast_generator, latents)
-            view = self.normalizer(self.pool_augment(images))
+            view = self.normalizer(self.synthesis_view(images))
             terms, _ = self.teacher_prior(view, targets, adversarial=self.adv > 0 and self.adversarial_open)
             return terms, (images,)
 
+        inner_tensors = fast_parameters + ([latents] if self.meta_latents is not None else [])
+
         def add_inner_gradients() -> None:   # the fast gradients are unscaled after the step
-            torch._foreach_add_(gradient_sum, [self.gradient_of(p) for p in fast_parameters])
+            torch._foreach_add_(gradient_sum, [self.gradient_of(p) for p in inner_tensors])
 
         result = self.invert(objective, [inner_optimizer],
                              after_step=add_inner_gradients if gradient_sum is not None else None)
-        self.meta_step(gradient_sum)
+        self.meta_step(gradient_sum, latents)
         if self.bn_hook is not None:
             self.bn_hook.update_momentum()   # statistics of this synthesis' last teacher forward (§10.4)
         self.store(result.best[0])
         return {"loss_synthesis_first": result.first_loss, **result.logged, "loss_synthesis_best": result.best_loss}
 
+    def synthesis_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's view of a synthetic batch: the dataset's crop + flip (§10.4), or with
+        ``--synthesis_crop resized`` RandomResizedCrop (scale 0.75–1) + flip (§19.3)."""
+        if self.resized_views:
+            return random_resized_crop_flip(images, scale=RESIZED_VIEW_SCALE, flip_prob=self.flip_probability,
+                                            generator=self.augmentation_stream)
+        return self.pool_augment(images)
+
     # ------------------------------------------------------------------ meta-update
+    def meta_tensors(self) -> list[torch.Tensor]:
+        """What the meta Adam steps: θ, then the meta latents when they are learned (§19.3)."""
+        return list(self.meta_generator.parameters()) + ([self.meta_latents] if self.meta_latents is not None else [])
+
     def sums_inner_gradients(self) -> bool:
         """FOMAML needs the sum; Reptile only under an enabled loss scaler (to skip on overflow)."""
         return self.meta_rule == "fomaml" or self.scaler.is_enabled()
 
     def zeroed_meta_gradients(self) -> list[torch.Tensor]:
-        """The meta-generator's ``.grad`` tensors, zeroed (allocated once, then reused)."""
+        """The ``.grad`` tensors of :meth:`meta_tensors`, zeroed (allocated once, then reused)."""
         gradients = []
-        for parameter in self.meta_generator.parameters():
+        for parameter in self.meta_tensors():
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
             else:
@@ -362,29 +417,34 @@ class FastSynthesizer(PooledSynthesizer):
     def gradient_of(parameter: torch.Tensor) -> torch.Tensor:
         return parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
 
-    def meta_step(self, gradient_sum: list[torch.Tensor] | None) -> None:
-        """Set the meta-gradient (FOMAML sum or Reptile 67·(θ − θ'_k)), average it over ranks, step (§10.5).
+    def meta_step(self, gradient_sum: list[torch.Tensor] | None, latents: torch.Tensor) -> None:
+        """Set the meta-gradient (FOMAML sum or Reptile ``--reptile_scale``·(θ − θ'_k)), average it over
+        ranks, step (§10.5). Meta-learned latents (§19.3) get the same rule from their inner copy
+        ``latents``; they are each rank's own and are not averaged.
 
         The step goes through the run's loss scaler: the (unscaled) meta-gradient is scaled by the
         current scale and ``scaler.step`` unscales it again (exactly: the scale is a power of two),
         so under fp16 a meta-gradient with an inf / NaN skips the step (and backs the scale off);
         in fp32 / bf16 this is a plain Adam step.
         """
-        meta_parameters = list(self.meta_generator.parameters())
+        meta_tensors = self.meta_tensors()
         if self.meta_rule == "reptile":
+            inner = [p.detach() for p in self.fast_generator.parameters()]
+            if self.meta_latents is not None:
+                inner.append(latents.detach())
             with torch.no_grad():
-                differences = torch._foreach_sub([p.detach() for p in meta_parameters],
-                                                 [p.detach() for p in self.fast_generator.parameters()])
-                torch._foreach_mul_(differences, REPTILE_SCALE)
+                differences = torch._foreach_sub([p.detach() for p in meta_tensors], inner)
+                torch._foreach_mul_(differences, self.reptile_scale)
                 if gradient_sum is not None:
                     # 0 when every inner gradient was finite, NaN otherwise: the scaler then skips.
                     poison = torch.stack([gradient.sum() for gradient in gradient_sum]).sum() * 0.0
                     torch._foreach_add_(differences, poison)
-            for parameter, difference in zip(meta_parameters, differences):
-                parameter.grad = difference
-        self.average_across_ranks([parameter.grad for parameter in meta_parameters])
-        for parameter in meta_parameters:
-            parameter.grad = self.scaler.scale(parameter.grad)
+            for tensor, difference in zip(meta_tensors, differences):
+                tensor.grad = difference
+        generator_count = len(list(self.meta_generator.parameters()))
+        self.average_across_ranks([tensor.grad for tensor in meta_tensors[:generator_count]])
+        for tensor in meta_tensors:
+            tensor.grad = self.scaler.scale(tensor.grad)
         self.scaler.step(self.meta_optimizer)
         self.scaler.update()
 
@@ -401,12 +461,20 @@ class FastSynthesizer(PooledSynthesizer):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Meta-generator, meta Adam, reset flag, plus pool, RNG streams, scaler and BN momentum memory."""
-        return {**super().state_dict(), "meta_generator": self.meta_generator.state_dict(),
-                "meta_optimizer": self.meta_optimizer.state_dict(), "reset_done": self.reset_done}
+        """Meta-generator, meta Adam, reset flag, plus pool, RNG streams, scaler and BN momentum memory;
+        with ``--lr_z_meta`` the meta latents and the synthesis count too (§19.3)."""
+        state = {**super().state_dict(), "meta_generator": self.meta_generator.state_dict(),
+                 "meta_optimizer": self.meta_optimizer.state_dict(), "reset_done": self.reset_done}
+        if self.meta_latents is not None:
+            state.update(meta_latents=self.meta_latents.detach().clone(), syntheses=self.syntheses)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.meta_generator.load_state_dict(state["meta_generator"])
+        if self.meta_latents is not None:
+            with torch.no_grad():
+                self.meta_latents.copy_(state["meta_latents"].to(self.device))
+            self.syntheses = int(state["syntheses"])
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.reset_done = bool(state["reset_done"])

@@ -3,25 +3,20 @@
 # student from a tv_resnet50 teacher on ImageNet (224 px); Fast-50, the values of the reference's
 # ImageNet log.
 # Reported top-1 (best epoch, Fast-Datafree README and logs (§19.4)): 68.61 (re-run).
-# this FastDFKD lacks the reference's meta-learned z, its meta lr and its resized-crop augmentation
-# (§19.4)
+# this FastDFKD reads its pool with the 4-px crop and pools the best iterate; the reference's code state
+# is unknown (§19.4)
 # The log's best is 68.618.
 # Teacher tv_resnet50: 76.13 (documented by torchvision for its first weight files, not checked here,
 # §19.2); tv_resnet50 trained from scratch with data: 76.13.
 # Source: zju-vipa/Fast-Datafree @0dcecbc datafree_kd_imagenet.py and the headers of its logs/ (§19.4).
 # Notes:
-#   - Not implemented here, so the cell is a re-run (§19.4): the reference meta-learns one latent batch
-#     z (100x256x14x14; meta Adam lr 5e-3) and re-draws it, with a fresh meta Adam, every 50 synthesis
-#     calls (--reinit 50: every 5 epochs at 10 calls per epoch); here z is drawn afresh for every
-#     synthesis.
-#   - Meta learning rate: the reference's meta Adam uses lr_g_meta 1e-4; here it is g_steps x lr_g =
-#     1e-2 (no flag sets it). Its Reptile gradient is theta - theta' (here x67, which Adam nearly
-#     cancels).
-#   - Augmentation: the reference's synthesis views are RandomResizedCrop(224, scale 0.75-1) + flip, and
-#     its pool is read through the ImageNet training transform (RandomResizedCrop(224) + flip); here
-#     both are the dataset entry's 4-px crop + flip (§19.1).
+#   - A re-run, not a reproduction (§19.4): the reference reads its pool through the ImageNet training
+#     transform (RandomResizedCrop(224) + flip); here KD batches take the dataset entry's 4-px crop +
+#     flip (§19.1).
 #   - The reference pools the last inner iterate; this one the lowest-loss iterate (§10.6).
-#   - The logs name a --cmi_init folder (a pool from earlier runs); whether it held images is not known.
+#   - The logs name a --cmi_init folder (a pool from earlier runs); whether it held images is not known,
+#     and the released datafree_kd_imagenet.py does not parse, so the logs come from an earlier code
+#     state.
 #   - The pool grows to 400,000 images (60.2 GB uint8; on the host with --pool_device auto, §21.3),
 #     against the README's '140k' (§19.4).
 # The teacher is read from checkpoints/pretrained/imagenet_tv_resnet50.pth (put torchvision's pretrained
@@ -60,6 +55,11 @@ args=(
     --g_steps 50                # log header: 50 generator steps per batch
     --lr_g 2e-4                 # log header: inner generator lr
     --lr_z 0.01                 # log header: inner latent lr
+    --lr_g_meta 1e-4            # log header: lr_g_meta (the meta Adam on the generator)
+    --lr_z_meta 5e-3            # log header: lr_z_meta (one meta-learned latent batch, 100x256x14x14)
+    --z_reinit 50               # log header: reinit 50 (new latents and meta Adam every 50 syntheses)
+    --reptile_scale 1           # fast_meta_imagenet.py: Reptile gradient theta - theta' (no factor)
+    --synthesis_crop resized    # fast_meta_imagenet.py: RandomResizedCrop(224, scale 0.75-1) + flip
     --adv 0.1                   # log header
     --seed 0                    # log header
     --precision fp32            # reference numerics: FP32 + TF32 convolutions (§7 item 22); bf16 = fast mode
