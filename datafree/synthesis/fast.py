@@ -231,9 +231,9 @@ class FastSynthesizer(PooledSynthesizer):
                                                   "and first BN (unset: warmup + 119; -1 = never)")
         lr_g_meta: float | None = option(None, "Fast: lr of the meta Adam on the generator (unset: g_steps x lr_g, "
                                                "§10.5; the ImageNet reference 1e-4, §19.3)", "positive")
-        lr_z_meta: float | None = option(None, "Fast: meta-learn one latent batch with a meta Adam at this lr, as the "
-                                               "ImageNet reference (5e-3, §19.3); unset: fresh latents per synthesis",
-                                         "positive")
+        lr_z_meta: float = option(0.0, "Fast: meta-learn one latent batch with a meta Adam at this lr, as the "
+                                        "ImageNet reference (5e-3, §19.3); 0: fresh latents per synthesis",
+                                  "non_negative")
         z_reinit: int = option(0, "Fast with --lr_z_meta: re-draw the meta latents and a fresh meta Adam every this "
                                   "many syntheses (0: never; the ImageNet reference 50, §19.3)", "non_negative")
         reptile_scale: float = option(REPTILE_SCALE, "Fast: factor of the Reptile meta-gradient theta - theta' "
@@ -258,7 +258,7 @@ class FastSynthesizer(PooledSynthesizer):
                                  f"got {self.reset_l0_epoch}")
             if max(self.bn, self.oh) <= 0:
                 raise UsageError("FastDFKD needs --bn or --oh above 0 (the adversarial term alone is off in warm-up)")
-            if self.z_reinit and self.lr_z_meta is None:
+            if self.z_reinit and not self.lr_z_meta:
                 raise UsageError("--z_reinit re-draws meta-learned latents: it needs --lr_z_meta")
 
     def __init__(self, setup: SynthesisSetup, options: Options) -> None:
@@ -278,7 +278,7 @@ class FastSynthesizer(PooledSynthesizer):
         # θ': one module for every synthesis, overwritten with θ at the start of each call.
         self.fast_generator = copy.deepcopy(self.meta_generator)
         self.meta_lr = options.lr_g_meta if options.lr_g_meta is not None else self.synthesis_lr * self.g_steps
-        self.latent_meta_lr = options.lr_z_meta
+        self.latent_meta_lr = options.lr_z_meta or None   # 0: no meta-learned latents
         self.latent_reinit = options.z_reinit
         self.reptile_scale = options.reptile_scale
         self.resized_views = options.synthesis_crop == "resized"
