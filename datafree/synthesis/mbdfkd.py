@@ -85,7 +85,7 @@ class MBDFKDSynthesizer(ReplaySynthesizer):
 
     recipe = RECIPE
 
-    #: §15.4's CPU check: as PRE-DFKD's (§16.10), with a bank that fills and wraps within the run.
+    #: §15.6: PRE-DFKD's CPU check (§16.10) with the bank in place of the VAE (its wrap-around is a unit test).
     TEST_PRESET = TestPreset(tiny_flags=("--nz", "16", "--bank_size", "64"),
                              learning_flags=("--epochs", "4", "--ep_steps", "30", "--kd_steps", "10", "--ngf", "16",
                                              "--nz", "32", "--lr_schedule", "constant", "--bank_size", "1024"),
