@@ -82,8 +82,7 @@ def device_budget(device: torch.device) -> int | None:
     """:data:`DEVICE_FRACTION` of the free memory of a CUDA ``device`` now; None for a CPU run."""
     if device.type != "cuda":
         return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free * DEVICE_FRACTION)
+    return int(free_memory(device) * DEVICE_FRACTION)
 
 
 def pool_on_host(mode: str, stores: list[Store], budget: int | None) -> bool:
@@ -133,18 +132,20 @@ def check_fits(stores: list[Store], on_host: bool, device: torch.device) -> None
     """Refuse, in one line naming the flags that size them, stores that cannot fit where they will live
     at their final size: on the device (its free memory now) or in host memory (§21.3). Called before
     the stores are filled and before the run directory exists."""
-    places = {"host": [store for store in stores if on_host and store.spillable]}
-    places[str(device)] = [store for store in stores if store not in places["host"]]
-    if device.type == "cpu":   # one memory: everything lives on the host
-        places = {"host": stores}
+    host = torch.device("cpu")
+    spilled = [store for store in stores if on_host and store.spillable]
+    # A CPU run has one memory, the host's; a CUDA run keeps on the device what did not spill.
+    places = {host: stores} if device.type == "cpu" else {
+        host: spilled, device: [store for store in stores if store not in spilled]}
     for where, kept in places.items():
         needed = sum(store.nbytes for store in kept)
-        available = host_free_memory() if where == "host" else free_memory(device)
+        available = free_memory(where)
         if kept and available is not None and needed > available:
             flags = sorted({flag for store in kept for flag in store.sized_by.split() if flag})
             names = ", ".join(store.describe() for store in kept)
             raise UsageError(f"memory: {names} cannot fit: {format_bytes(needed)} needed, {format_bytes(available)} "
-                             f"free on {where}; lower {' / '.join(flags) or 'the batch or epochs'}")
+                             f"free on {'host' if where == host else where}; lower "
+                             f"{' / '.join(flags) or 'the batch or epochs'}")
 
 
 def plan_memory(synthesizer: "Synthesizer", mode: str) -> str:
