@@ -66,6 +66,10 @@ CIFAR_SETTINGS = settings(
     ("vae_updates", "4", "dist_step < 4 (§16.5)"), ("vae_lr_div", "40", "G_m and E Adam at lr_G/40"),
     ("kld_w", "1e-5", "distillation.py:72-148"), ("z_steps", "1", "one Adam step on z (§16.8 item 8)"))
 SEED_SOURCE = "CuDFKD README @81b96d4 accuracy table"
+#: The CuDFKD README's stability rows of PRE-DFKD (μ / σ² / best over its epochs, §16.7), per dataset.
+SEED_ROW = {"cifar10": (87.4, 10.3, 94.1), "cifar100": (70.2, 11.1, 77.1)}
+#: Its accuracy-table cells (resnet34→resnet18) and what a note adds to them.
+ACCURACY_ROW = {"cifar10": (94.10, ""), "cifar100": (77.04, "; 77.04 is also CMI's number (§16.11 item 4)")}
 PUBLISHED_PAIR = ("resnet34", "resnet18")
 
 
@@ -91,16 +95,11 @@ def cifar_launcher(dataset: str, teacher: str, student: str) -> Launcher:
 RECIPE = Recipe(
     label="PRE-DFKD", name="Pseudo Replay Enhanced DFKD", section="§16", table_row=11,
     launchers=tuple(cifar_launcher(*cell) for cell in PAPER_CELLS),
-    published={
-        ("", "cifar10", *PUBLISHED_PAIR): Published(
-            94.10, "reproduction", SEED_SOURCE,
-            "stability row (§16.7): mean 87.4 / variance 10.3 / best 94.1 over PRE-DFKD's epochs of 360 KD steps",
-            stability=(87.4, 10.3, 94.1)),
-        ("", "cifar100", *PUBLISHED_PAIR): Published(
-            77.04, "reproduction", SEED_SOURCE,
-            "stability row (§16.7): mean 70.2 / variance 11.1 / best 77.1 over PRE-DFKD's epochs of 360 KD steps; "
-            "77.04 is also CMI's number (§16.11 item 4)", stability=(70.2, 11.1, 77.1)),
-    },
+    published={("", dataset, *PUBLISHED_PAIR): Published(
+        accuracy, "reproduction", SEED_SOURCE,
+        f"stability row (§16.7): mean {SEED_ROW[dataset][0]} / variance {SEED_ROW[dataset][1]} / best "
+        f"{SEED_ROW[dataset][2]} over PRE-DFKD's epochs of 360 KD steps{note}", stability=SEED_ROW[dataset])
+        for dataset, (accuracy, note) in ACCURACY_ROW.items()},
     notes=("Student loss: L1 between student and teacher logits on B novel + B/8 replayed images (§16.4).",
            "No pool: the VAE memory (memory generator + encoder) replays past synthetic distributions (§16.1)."))
 
