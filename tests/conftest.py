@@ -98,3 +98,15 @@ def tiny_teacher(tiny_teacher_path, monkeypatch) -> Path:
 
     monkeypatch.setitem(registry.CLASSIFIERS, "tiny_cnn", TinyCNN)
     return tiny_teacher_path
+
+
+@pytest.fixture
+def three_classes(monkeypatch):
+    """The Tiny-ImageNet and ImageNet entries with 3 classes, as the fixture trees of
+    ``imagenet_fixtures`` have, for one test."""
+    import dataclasses
+
+    from datafree.data import DATASETS
+
+    for name in ("tiny_imagenet", "imagenet"):
+        monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], num_classes=3))

@@ -12,14 +12,11 @@ import torch.nn.functional as F
 import datafree_kd
 from datafree.synthesis import criterions, curriculum
 from datafree.run.distributed import DistributedContext
-from datafree.synthesis.hooks import freeze
-from datafree.models import Normalizer
 from datafree.run.numerics import Numerics
 from datafree.synthesis.pool import NegativeQueue
 from datafree.synthesis import cudfkd
 from datafree.synthesis.adadfkd import AdaDFKDSynthesizer
-from datafree.synthesis.base import SynthesisSetup
-from tiny_models import TinyCNN
+from tiny_models import TinyCNN, tiny_synthesis_setup
 
 
 class NarrowCNN(TinyCNN):
@@ -34,12 +31,7 @@ class NarrowCNN(TinyCNN):
 
 
 def make_synthesizer(student: nn.Module | None = None, **overrides) -> AdaDFKDSynthesizer:
-    torch.manual_seed(0)
-    teacher = freeze(TinyCNN(10))
-    setup = SynthesisSetup(teacher=teacher, student=student if student is not None else TinyCNN(10),
-                           normalizer=Normalizer((0.5,) * 3, (0.25,) * 3), num_classes=10, dataset="cifar10",
-                           teacher_name="tiny_cnn", batch_size=4, synthesis_batch_size=4, epochs=8,
-                           device=torch.device("cpu"), autocast_dtype=None, channels_last=False, seed=0)
+    setup = tiny_synthesis_setup(batch_size=4, epochs=8, student=student)
     options = AdaDFKDSynthesizer.Options.resolve({"ngf": 8, "lambda_growth": 1e-4, "queue_size": 10, **overrides})
     return AdaDFKDSynthesizer(setup, options)
 

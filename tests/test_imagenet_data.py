@@ -31,13 +31,6 @@ TINY_LAYOUT = "tiny-imagenet-200/{wnids.txt,train/<wnid>/images/*.JPEG,val/image
 IMAGENET_LAYOUT = "imagenet/val/<wnid>/*.JPEG"
 
 
-@pytest.fixture
-def three_classes(monkeypatch):
-    """Both entries with 3 classes, as the fixture trees have."""
-    for name in ("tiny_imagenet", "imagenet"):
-        monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], num_classes=3))
-
-
 def pillow_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()

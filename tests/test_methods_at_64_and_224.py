@@ -10,14 +10,12 @@ MB-DFKD) is refused in one line before anything is created (§19.3); G-Cu runs w
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
 import datafree_kd
 import registry
-from datafree.data import DATASETS
 from datafree.errors import UsageError
 from datafree.models import LargeGenerator, ReferenceGenerator
 from datafree.run.checkpoints import save_classifier
@@ -44,10 +42,9 @@ def trees(tmp_path_factory):
 
 
 @pytest.fixture
-def three_classes(monkeypatch):
+def three_classes_tiny_cnn(three_classes, monkeypatch):
+    """Both entries narrowed to the fixtures' 3 classes (conftest), and ``tiny_cnn`` registered."""
     monkeypatch.setitem(registry.CLASSIFIERS, "tiny_cnn", TinyCNN)
-    for name in ("tiny_imagenet", "imagenet"):
-        monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], num_classes=3))
 
 
 def arguments(method: str, dataset: str, trees, save_dir) -> list[str]:
@@ -73,14 +70,14 @@ def shallow(method: str) -> bool:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_one_epoch_at_64_px(method, trees, three_classes, tmp_path):
+def test_one_epoch_at_64_px(method, trees, three_classes_tiny_cnn, tmp_path):
     summary = datafree_kd.main(arguments(method, "tiny_imagenet", trees, tmp_path / "run"))
     assert summary["epochs"] == 1 and 0.0 <= summary["best_acc1"] <= 100.0
     assert (tmp_path / "run" / "last.pth").is_file()
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_one_epoch_at_224_px_or_a_one_line_refusal(method, trees, three_classes, tmp_path):
+def test_one_epoch_at_224_px_or_a_one_line_refusal(method, trees, three_classes_tiny_cnn, tmp_path):
     argv = arguments(method, "imagenet", trees, tmp_path / "run")
     if shallow(method):
         with pytest.raises(UsageError, match="px") as refused:

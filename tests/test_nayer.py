@@ -23,12 +23,10 @@ import yaml
 import datafree_kd
 from datafree.synthesis import label_embeddings
 from datafree.errors import UsageError
-from datafree.synthesis.hooks import freeze
-from datafree.models import GeneratorS, Normalizer, NoisyLayerGenerator, reset_default_init
+from datafree.models import GeneratorS, NoisyLayerGenerator, reset_default_init
 from datafree.models.generators import NoisyLayers
-from datafree.synthesis.base import SynthesisSetup
 from datafree.synthesis.nayer import NAYERSynthesizer, balanced_labels, recreation_epoch
-from tiny_models import TinyCNN
+from tiny_models import TinyCNN, tiny_synthesis_setup
 
 #: One-line refusals of NAYER's options, in the format of tests/test_bad_input.py::CASES. The base
 #: command is ``distill_args("dafl", ...)`` (epochs 1), hence ``--warmup 0``. ``{nayer_*}`` name the
@@ -135,12 +133,7 @@ def test_reset_default_init_draws_pytorchs_defaults_from_a_generator():
 # ----------------------------------------------------------------------------- synthesizer
 def make_synthesizer(synthesis_batch_size: int = 20, **overrides) -> NAYERSynthesizer:
     """A NAYER synthesizer on a tiny CPU teacher / student (10 classes)."""
-    torch.manual_seed(0)
-    teacher, student = freeze(TinyCNN(10)), TinyCNN(10)
-    setup = SynthesisSetup(teacher=teacher, student=student, normalizer=Normalizer((0.5,) * 3, (0.25,) * 3),
-                           num_classes=10, dataset="cifar10", teacher_name="tiny_cnn", batch_size=8,
-                           synthesis_batch_size=synthesis_batch_size, epochs=8, device=torch.device("cpu"),
-                           autocast_dtype=None, channels_last=False, seed=0)
+    setup = tiny_synthesis_setup(batch_size=8, epochs=8, synthesis_batch_size=synthesis_batch_size)
     options = NAYERSynthesizer.Options.resolve({"ngf": 4, "le_hidden": 16, "g_steps": 2, "warmup": 0, "g_loops": 1,
                                                 "gwp_loops": 1, **overrides})
     return NAYERSynthesizer(setup, options)

@@ -32,16 +32,20 @@ class TinyCNN(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def tiny_synthesis_setup(batch_size: int = 16, epochs: int = 4, num_classes: int = 10):
-    """A CPU ``SynthesisSetup`` around a frozen TinyCNN teacher and a TinyCNN student (seeded 0), fp32,
-    CIFAR-10 geometry, normaliser mean 0.5 / std 0.25: what the unit tests of a method build on."""
+def tiny_synthesis_setup(batch_size: int = 16, epochs: int = 4, num_classes: int = 10,
+                         synthesis_batch_size: int | None = None, student: nn.Module | None = None):
+    """A CPU ``SynthesisSetup`` around a frozen TinyCNN teacher and a TinyCNN student (seeded 0; or the
+    given ``student``), fp32, CIFAR-10 geometry, normaliser mean 0.5 / std 0.25, the synthesis batch
+    equal to the batch unless given: what the unit tests of a method build on."""
     from datafree.models import Normalizer
     from datafree.synthesis.base import SynthesisSetup
     from datafree.synthesis.hooks import freeze
 
     torch.manual_seed(0)
-    teacher, student = freeze(TinyCNN(num_classes)), TinyCNN(num_classes)
+    teacher = freeze(TinyCNN(num_classes))
+    student = student if student is not None else TinyCNN(num_classes)
     return SynthesisSetup(teacher=teacher, student=student, normalizer=Normalizer((0.5,) * 3, (0.25,) * 3),
                           num_classes=num_classes, dataset="cifar10", teacher_name="tiny_cnn", batch_size=batch_size,
-                          synthesis_batch_size=batch_size, epochs=epochs, device=torch.device("cpu"),
+                          synthesis_batch_size=synthesis_batch_size or batch_size, epochs=epochs,
+                          device=torch.device("cpu"),
                           autocast_dtype=None, channels_last=False, seed=0)
